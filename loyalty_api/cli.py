@@ -1,0 +1,113 @@
+"""The `loyalty` command."""
+
+import os
+import sys
+
+import click
+
+from .timeutil import utcnow
+
+
+def _app():
+    from . import create_app
+
+    return create_app()
+
+
+@click.group()
+def main():
+    """Loyalty rewards backend."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--workers", default=lambda: int(os.environ.get("LOYALTY_WORKERS", os.cpu_count() or 1) or 1),
+              type=int, help="gunicorn worker processes (default: one per core)")
+@click.option("--threads", default=lambda: int(os.environ.get("LOYALTY_THREADS", 4)), type=int,
+              help="threads per worker")
+def serve(host, port, workers, threads):
+    """Serve the API with gunicorn (a production WSGI server)."""
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", "gthread" if threads > 1 else "sync")
+            self.cfg.set("accesslog", os.environ.get("LOYALTY_ACCESS_LOG") or None)
+            self.cfg.set("graceful_timeout", 10)
+
+        def load(self):
+            return _app()
+
+    click.echo(f"Serving on http://{host}:{port} (docs at http://{host}:{port}/docs)", err=True)
+    Server().run()
+
+
+@main.group()
+def db():
+    """Database schema."""
+
+
+@db.command()
+@click.argument("revision", default="head")
+def upgrade(revision):
+    """Apply the migrations up to REVISION (default: head)."""
+    from flask_migrate import upgrade as alembic_upgrade
+
+    app = _app()
+    with app.app_context():
+        alembic_upgrade(revision=revision)
+
+
+@db.command()
+@click.argument("revision")
+def downgrade(revision):
+    """Revert the migrations down to REVISION."""
+    from flask_migrate import downgrade as alembic_downgrade
+
+    app = _app()
+    with app.app_context():
+        alembic_downgrade(revision=revision)
+
+
+@main.group()
+def keys():
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(["pos", "app", "marketer", "admin"]))
+@click.option("--name", default=None, help="a label for the key")
+def create_key(role, name):
+    """Create an API key and print it (alone on stdout); it is shown only this once."""
+    from .auth.services import create_api_key
+    from .transactions import run_write
+
+    app = _app()
+    with app.app_context():
+        key = run_write(lambda session: create_api_key(session, role, utcnow(), name))
+    click.echo(key)
+
+
+@main.command()
+def demo():
+    """Load a demo program (rules, tiers, members) into an empty database; print an admin key."""
+    from .auth.services import create_api_key
+    from .demo import load_demo
+    from .transactions import run_write
+
+    app = _app()
+    with app.app_context():
+        now = utcnow()
+        loaded = run_write(lambda session: load_demo(session, now))
+        key = run_write(lambda session: create_api_key(session, "admin", now, "demo admin"))
+    click.echo("Demo program loaded." if loaded else "The database already holds a program; left as it is.",
+               err=True)
+    click.echo(key)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Members: enrolment, profile, status and erasure."""
+
+import secrets
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from ..errors import DomainError, InvalidReferralCode, MemberExists, MemberNotActive, NotFound
+from ..ids import new_id
+from ..ledger.services import balance_view, lock_balance, read_balance
+from ..pagination import Page, decode_cursor, encode_cursor
+from ..program.services import ProgramSettings, get_program
+from ..tiers.models import Tier
+from .models import Member, MemberBalance
+
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread
+
+
+class StripeCustomerTaken(DomainError):
+    status, code, title = 409, "stripe_customer_taken", "Another member has this Stripe customer"
+
+
+def _new_referral_code() -> str:
+    return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
+
+
+def member_view(session: Session, member: Member, program: ProgramSettings) -> dict:
+    """Return a member as the API shows it, with tier and balance."""
+    tier = None
+    if member.tier_id is not None:
+        row = session.execute(select(Tier.code, Tier.name).where(Tier.id == member.tier_id)).first()
+        tier = {"code": row.code, "name": row.name}
+    balance = read_balance(session, member.id)
+    return {
+        "id": member.id,
+        "external_id": member.external_id,
+        "email": member.email,
+        "name": member.name,
+        "birthdate": member.birthdate,
+        "status": member.status,
+        "tier": tier,
+        "referral_code": member.referral_code,
+        "enrolled_at": member.enrolled_at,
+        "metadata": member.metadata_ or {},
+        "stripe_customer_id": member.stripe_customer_id,
+        "balance": balance_view(session, member.id, balance, program),
+    }
+
+
+def create_member(session: Session, data: Mapping, now: datetime) -> dict:
+    """Enrol a member and award what `enrollment` rules give.
+
+    Raises MemberExists for a known external_id, InvalidReferralCode for an unknown code.
+    """
+    from ..purchases.services import award_points, load_earning_member
+
+    program = get_program(session)
+    if session.execute(select(Member.id).where(Member.external_id == data["external_id"])).first():
+        raise MemberExists(f"external_id {data['external_id']!r} is taken")
+    if data.get("referral_code"):
+        referrer = session.execute(select(Member.id).where(
+            Member.referral_code == data["referral_code"].upper(), Member.status == "active")).first()
+        if referrer is None:
+            raise InvalidReferralCode(errors={"referral_code": ["no active member has this code"]})
+    member = Member(
+        id=new_id(), external_id=data["external_id"], email=data.get("email"), name=data.get("name"),
+        birthdate=data.get("birthdate"), status="active", referral_code=_new_referral_code(),
+        metadata_=data.get("metadata") or {}, enrolled_at=now,
+    )
+    session.add(member)
+    session.flush()
+    session.execute(insert(MemberBalance).values(member_id=member.id))
+    balance = lock_balance(session, member.id)
+    award_points(session, load_earning_member(session, member.id, balance), balance, program,
+                 trigger="enrollment", facts={}, at=now, source_type="enrollment", source_id=member.id,
+                 now=now)
+    return member_view(session, member, program)
+
+
+def get_member(session: Session, member_id: str) -> dict:
+    member = session.get(Member, member_id)
+    if member is None:
+        raise NotFound("No such member")
+    return member_view(session, member, get_program(session))
+
+
+def list_members(session: Session, filters: Mapping, limit: int, cursor: str | None) -> Page:
+    """Return members, newest first, optionally those with one external_id or email."""
+    query = select(Member).order_by(Member.id.desc()).limit(limit + 1)
+    if filters.get("external_id") is not None:
+        query = query.where(Member.external_id == filters["external_id"])
+    if filters.get("email") is not None:
+        query = query.where(Member.email == filters["email"])
+    if cursor:
+        query = query.where(Member.id < decode_cursor(cursor))
+    members = session.execute(query).scalars().all()
+    program = get_program(session)
+    data = [member_view(session, m, program) for m in members[:limit]]
+    return Page(data, encode_cursor(members[limit - 1].id) if len(members) > limit else None)
+
+
+def update_member(session: Session, member_id: str, changes: Mapping, now: datetime) -> dict:
+    """Change a member's profile or status (active|suspended); an erased member stays erased."""
+    lock_balance(session, member_id)
+    member = session.get(Member, member_id)
+    if member.status == "erased":
+        raise MemberNotActive("An erased member cannot change")
+    if changes.get("stripe_customer_id"):
+        taken = session.execute(select(Member.id).where(
+            Member.stripe_customer_id == changes["stripe_customer_id"], Member.id != member_id)).first()
+        if taken:
+            raise StripeCustomerTaken(errors={"stripe_customer_id": ["belongs to another member"]})
+    for key in ("email", "name", "birthdate", "status", "stripe_customer_id"):
+        if key in changes:
+            setattr(member, key, changes[key])
+    if "metadata" in changes:
+        member.metadata_ = changes["metadata"] or {}
+    session.flush()
+    return member_view(session, member, get_program(session))
+
+
+def erase_member(session: Session, member_id: str, now: datetime) -> None:
+    """Erase a member's personal data; the ledger stays, and the member earns nothing more."""
+    lock_balance(session, member_id)
+    member = session.get(Member, member_id)
+    member.email = member.name = member.birthdate = member.stripe_customer_id = None
+    member.metadata_ = {}
+    # external_id is the client's identifier of a person: replace it, keep it unique.
+    member.external_id = f"erased:{member.id}"
+    member.status = "erased"
+    member.erased_at = member.erased_at or now
+    session.flush()

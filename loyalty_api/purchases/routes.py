@@ -1,0 +1,79 @@
+from flask_smorest import Blueprint
+from marshmallow import ValidationError
+
+from ..auth.decorators import require
+from ..errors import ValidationFailed, flatten_messages
+from ..responses import created
+from ..timeutil import utcnow
+from ..transactions import run_read, run_write
+from . import services
+from .schemas import (
+    BatchResultSchema,
+    BatchSchema,
+    EventCreateSchema,
+    EventResultSchema,
+    PurchaseCreateSchema,
+    PurchaseResultSchema,
+    PurchaseSchema,
+    RefundCreateSchema,
+    RefundResultSchema,
+)
+
+blp = Blueprint("purchases", __name__, url_prefix="/v1", description="Purchases, refunds and events")
+_purchase_schema = PurchaseCreateSchema()
+
+
+@blp.route("/purchases", methods=["POST"])
+@require("purchases")
+@blp.arguments(PurchaseCreateSchema)
+@blp.response(201, PurchaseResultSchema)
+@blp.alt_response(200, schema=PurchaseResultSchema, description="A replay of an earlier identical request")
+def create_purchase(data):
+    now = utcnow()
+    return created(run_write(lambda session: services.create_purchase(session, data, now)))
+
+
+@blp.route("/purchases/batch", methods=["POST"])
+@require("purchases")
+@blp.arguments(BatchSchema)
+@blp.response(200, BatchResultSchema)
+def create_purchases_batch(data):
+    entries = []
+    for raw in data["purchases"]:
+        transaction_id = raw.get("transaction_id")
+        transaction_id = transaction_id if isinstance(transaction_id, str) else None
+        try:
+            entries.append(services.BatchEntry(transaction_id, data=_purchase_schema.load(raw)))
+        except ValidationError as err:
+            refusal = ValidationFailed("Some fields are not valid", flatten_messages(err.messages))
+            entries.append(services.BatchEntry(transaction_id, refusal=refusal))
+    now = utcnow()
+    results = run_write(lambda session: services.create_purchases_batch(session, entries, now))
+    return {"results": results}
+
+
+@blp.route("/purchases/<transaction_id>", methods=["GET"])
+@require("purchases")
+@blp.response(200, PurchaseSchema)
+def get_purchase(transaction_id):
+    return run_read(lambda session: services.get_purchase(session, transaction_id))
+
+
+@blp.route("/purchases/<transaction_id>/refunds", methods=["POST"])
+@require("purchases")
+@blp.arguments(RefundCreateSchema)
+@blp.response(201, RefundResultSchema)
+@blp.alt_response(200, schema=RefundResultSchema, description="A replay of an earlier identical request")
+def create_refund(data, transaction_id):
+    now = utcnow()
+    return created(run_write(lambda session: services.create_refund(session, transaction_id, data, now)))
+
+
+@blp.route("/events", methods=["POST"])
+@require("events")
+@blp.arguments(EventCreateSchema)
+@blp.response(201, EventResultSchema)
+@blp.alt_response(200, schema=EventResultSchema, description="A replay of an earlier identical request")
+def create_event(data):
+    now = utcnow()
+    return created(run_write(lambda session: services.create_event(session, data, now)))

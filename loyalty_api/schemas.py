@@ -1,0 +1,64 @@
+"""Fields and schemas shared by every domain package."""
+
+from marshmallow import Schema, fields, validate
+
+MAX_POINTS = 10**12  # far beyond any real balance, far below BIGINT
+MAX_MONEY = 10**13   # 100 billion in major units
+ID_LENGTH = validate.Length(min=1, max=200)
+CURRENCY = validate.Regexp(r"^[A-Z]{3}$", error="must be an ISO 4217 code such as EUR")
+
+
+def Points(nonzero: bool = False, **kwargs):
+    """A signed integer number of points, never a float or a string."""
+    validators = [validate.Range(-MAX_POINTS, MAX_POINTS)]
+    if nonzero:
+        validators.append(validate.NoneOf([0], error="must not be 0"))
+    return fields.Integer(strict=True, validate=validators, **kwargs)
+
+
+def Money(minimum: int = 0, **kwargs):
+    """An amount in minor units (cents), at least `minimum`."""
+    return fields.Integer(strict=True, validate=validate.Range(minimum, MAX_MONEY), **kwargs)
+
+
+def ClientId(**kwargs):
+    """The client's own idempotency id."""
+    return fields.String(validate=ID_LENGTH, **kwargs)
+
+
+def Timestamp(**kwargs):
+    """An RFC 3339 timestamp that must carry an offset."""
+    return fields.AwareDateTime(format="iso", **kwargs)
+
+
+class StrictSchema(Schema):
+    """Unknown fields are refused (marshmallow's default, stated for the reader)."""
+
+    class Meta:
+        ordered = True
+
+
+class ListQuerySchema(StrictSchema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+
+
+class ProblemSchema(Schema):
+    type = fields.String()
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    code = fields.String()
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class BalanceExpiringSchema(Schema):
+    points = fields.Integer()
+    expires_at = fields.String()
+
+
+class BalanceSchema(Schema):
+    available = fields.Integer()
+    pending = fields.Integer()
+    lifetime_earned = fields.Integer()
+    expiring = fields.List(fields.Nested(BalanceExpiringSchema))

@@ -1,0 +1,98 @@
+"""Test harness: a schema built by the migrations, and a rolled-back savepoint per test.
+
+The suite runs on SQLite by default and on PostgreSQL when LOYALTY_TEST_DATABASE_URL names
+one (`postgresql+psycopg://…`). Tests marked `postgres` need PostgreSQL and fail, rather
+than skip, when LOYALTY_REQUIRE_POSTGRES=1 and it is absent.
+"""
+
+import os
+from datetime import UTC, datetime
+
+import pytest
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, text
+
+from loyalty_api import create_app
+from loyalty_api.auth.services import create_api_key
+from loyalty_api.extensions import db
+from loyalty_api.timeutil import freeze
+
+from .helpers import ApiClient
+
+DATABASE_URL = os.environ.get("LOYALTY_TEST_DATABASE_URL", "")
+IS_POSTGRES = DATABASE_URL.startswith("postgresql")
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "postgres: needs PostgreSQL (real concurrency)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if IS_POSTGRES:
+        return
+    if os.environ.get("LOYALTY_REQUIRE_POSTGRES") == "1":
+        raise pytest.UsageError("LOYALTY_REQUIRE_POSTGRES=1 but LOYALTY_TEST_DATABASE_URL is not PostgreSQL")
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set LOYALTY_TEST_DATABASE_URL")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    if IS_POSTGRES:
+        _reset_postgres(DATABASE_URL)
+        return DATABASE_URL
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+
+
+@pytest.fixture(scope="session")
+def app(database_url):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True,
+                      "SECRET_KEY": "test-secret-key-that-is-long-enough-for-hs256"})
+    with app.app_context():
+        upgrade()
+        db.session.remove()
+    return app
+
+
+@pytest.fixture
+def session(app):
+    """A session whose commits only release savepoints of a transaction rolled back at the end."""
+    with app.app_context():
+        connection = db.engine.connect()
+        outer = connection.begin()
+        scoped = db._make_scoped_session({"bind": connection, "join_transaction_mode": "create_savepoint"})
+        original, db.session = db.session, scoped
+        freeze(NOW)
+        try:
+            yield scoped()
+        finally:
+            freeze(None)
+            scoped.remove()
+            db.session = original
+            outer.rollback()
+            connection.close()
+
+
+@pytest.fixture
+def keys(session):
+    """An API key per role."""
+    created = {role: create_api_key(session, role, NOW) for role in ("pos", "app", "marketer", "admin")}
+    session.commit()
+    return created
+
+
+@pytest.fixture
+def api(app, session, keys):
+    """An HTTP client with the admin key; `api.as_role("pos")` switches credentials."""
+    return ApiClient(app.test_client(), keys, "admin")
