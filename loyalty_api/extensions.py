@@ -66,6 +66,19 @@ class Session(flask_sqlalchemy.session.Session):
         return super().get_bind(mapper=mapper, clause=clause, bind=bind, **kwargs)
 
 
+class ProblemApi(Api):
+    """flask-smorest's Api documenting errors as application/problem+json (RFC 9457)."""
+
+    from .schemas import ProblemSchema as ERROR_SCHEMA
+
+    def _register_responses(self):
+        self.DEFAULT_RESPONSE_CONTENT_TYPE = "application/problem+json"
+        try:
+            super()._register_responses()
+        finally:
+            del self.DEFAULT_RESPONSE_CONTENT_TYPE
+
+
 db = SQLAlchemy(model_class=Base, session_options={"class_": Session})
 migrate = Migrate()
-api = Api()
+api = ProblemApi()

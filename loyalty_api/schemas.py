@@ -2,6 +2,8 @@
 
 from marshmallow import Schema, fields, validate
 
+from .timeutil import isoformat
+
 MAX_POINTS = 10**12  # far beyond any real balance, far below BIGINT
 MAX_MONEY = 10**13   # 100 billion in major units
 ID_LENGTH = validate.Length(min=1, max=200)
@@ -26,9 +28,18 @@ def ClientId(**kwargs):
     return fields.String(validate=ID_LENGTH, **kwargs)
 
 
+class _UTCTimestamp(fields.AwareDateTime):
+    """Loads RFC 3339 with a required offset; dumps UTC with a `Z`, like every timestamp we return."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if isinstance(value, str):  # already formatted (stored responses)
+            return value
+        return isoformat(value)
+
+
 def Timestamp(**kwargs):
     """An RFC 3339 timestamp that must carry an offset."""
-    return fields.AwareDateTime(format="iso", **kwargs)
+    return _UTCTimestamp(format="iso", **kwargs)
 
 
 class StrictSchema(Schema):
