@@ -4,7 +4,7 @@ Every function here runs inside the caller's transaction after `lock_balance` to
 member's balance row, so the balance, the lots and the entries move together.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -75,6 +75,101 @@ def lot_dates(program: ProgramSettings, occurred_at: datetime) -> tuple[datetime
     return available_at, expires_at
 
 
+@dataclass(frozen=True)
+class CreditPlan:
+    """The rows one credit writes: a lot and its ledger entries."""
+
+    lot: dict
+    entries: list[dict]
+
+    @property
+    def lot_id(self) -> str:
+        return self.lot["id"]
+
+
+def plan_credit(
+    member_id: str,
+    balance: Balance,
+    credits: Sequence[Credit],
+    *,
+    entry_type: str,
+    source_type: str,
+    source_id: str,
+    occurred_at: datetime,
+    program: ProgramSettings,
+    now: datetime,
+    pending_allowed: bool = True,
+) -> CreditPlan | None:
+    """Plan a credit as one lot with a ledger entry per credit, and apply it to `balance`.
+
+    Nothing is written: `write_credits` and `write_balances` do that, so a batch writes all
+    its credits with a few multi-row statements. The lot is pending until `pending_days`
+    after `occurred_at`. When the member owes points (a negative available balance), an
+    available lot first pays the debt off, so the lots never hold more than the balance.
+    """
+    credits = [c for c in credits if c.points > 0]
+    total = sum(c.points for c in credits)
+    if total == 0:
+        return None
+    available_at, expires_at = lot_dates(program, occurred_at)
+    pending = pending_allowed and available_at > now
+    if not pending:
+        available_at = min(available_at, now)
+    lot_id = new_id()
+    remaining = total if pending else max(0, min(total, balance.available + total))
+    lot = {"id": lot_id, "member_id": member_id, "source_type": source_type, "source_id": source_id,
+           "points": total, "remaining": remaining, "status": "pending" if pending else "available",
+           "occurred_at": occurred_at, "available_at": available_at, "expires_at": expires_at, "created_at": now}
+    entries = [
+        {"id": new_id(), "member_id": member_id, "type": entry_type, "points": c.points, "lot_id": lot_id,
+         "source_type": source_type, "source_id": source_id, "rule_id": c.rule_id,
+         "rule_version": c.rule_version, "description": c.description[:500], "created_at": now}
+        for c in credits
+    ]
+    if pending:
+        balance.pending += total
+    else:
+        balance.available += total
+    if entry_type in EARNING_TYPES:
+        balance.lifetime_earned += total
+    return CreditPlan(lot, entries)
+
+
+def write_credits(session: Session, plans: Iterable[CreditPlan | None]) -> None:
+    """Insert the lots and entries of planned credits, each kind in one statement."""
+    plans = [plan for plan in plans if plan is not None]
+    if plans:
+        session.execute(insert(PointLot), [plan.lot for plan in plans])
+        session.execute(insert(LedgerEntry), [entry for plan in plans for entry in plan.entries])
+
+
+def write_balances(session: Session, balances: Mapping[str, Balance]) -> None:
+    """Store balances computed under the member lock (so the values are current)."""
+    if not balances:
+        return
+    table = MemberBalance.__table__
+    session.execute(
+        update(table).where(table.c.member_id == bindparam("b_member")).values(
+            available=bindparam("b_available"), pending=bindparam("b_pending"),
+            lifetime_earned=bindparam("b_lifetime"), version=table.c.version + 1),
+        [{"b_member": member_id, "b_available": b.available, "b_pending": b.pending,
+          "b_lifetime": b.lifetime_earned} for member_id, b in balances.items()],
+    )
+
+
+def write_last_activity(session: Session, activity: Mapping[str, datetime]) -> None:
+    """Move members' last activity (the inactivity-expiry clock) forward, never back."""
+    if not activity:
+        return
+    table = Member.__table__
+    session.execute(
+        update(table).where(table.c.id == bindparam("b_member"),
+                            (table.c.last_activity_at.is_(None)) | (table.c.last_activity_at < bindparam("b_at")))
+        .values(last_activity_at=bindparam("b_at")),
+        [{"b_member": member_id, "b_at": moment} for member_id, moment in activity.items()],
+    )
+
+
 def credit_points(
     session: Session,
     member_id: str,
@@ -89,60 +184,24 @@ def credit_points(
     now: datetime,
     pending_allowed: bool = True,
 ) -> str | None:
-    """Credit points as one lot with a ledger entry per credit; return the lot id.
-
-    The lot is pending until `pending_days` after `occurred_at`. When the member owes
-    points (a negative available balance), an available lot first pays the debt off, so
-    that the lots never hold more than the balance.
-    """
-    credits = [c for c in credits if c.points > 0]
-    total = sum(c.points for c in credits)
-    if total == 0:
+    """Credit points to one member now (see `plan_credit`); return the lot id, if any."""
+    plan = plan_credit(member_id, balance, credits, entry_type=entry_type, source_type=source_type,
+                       source_id=source_id, occurred_at=occurred_at, program=program, now=now,
+                       pending_allowed=pending_allowed)
+    if plan is None:
         return None
-    available_at, expires_at = lot_dates(program, occurred_at)
-    pending = pending_allowed and available_at > now
-    if not pending:
-        available_at = min(available_at, now)
-    lot_id = new_id()
-    remaining = total if pending else max(0, min(total, balance.available + total))
-    session.execute(insert(PointLot).values(
-        id=lot_id, member_id=member_id, source_type=source_type, source_id=source_id, points=total,
-        remaining=remaining, status="pending" if pending else "available", occurred_at=occurred_at,
-        available_at=available_at, expires_at=expires_at, created_at=now))
-    session.execute(insert(LedgerEntry), [
-        {"id": new_id(), "member_id": member_id, "type": entry_type, "points": c.points, "lot_id": lot_id,
-         "source_type": source_type, "source_id": source_id, "rule_id": c.rule_id,
-         "rule_version": c.rule_version, "description": c.description[:500], "created_at": now}
-        for c in credits
-    ])
-    earned = total if entry_type in EARNING_TYPES else 0
-    if pending:
-        _move_balance(session, member_id, balance, pending=total, lifetime=earned)
-    else:
-        _move_balance(session, member_id, balance, available=total, lifetime=earned)
-    session.execute(update(Member).where(Member.id == member_id, _activity_before(occurred_at))
-                    .values(last_activity_at=occurred_at))
-    return lot_id
-
-
-def _activity_before(moment: datetime):
-    return (Member.last_activity_at.is_(None)) | (Member.last_activity_at < moment)
+    write_credits(session, [plan])
+    write_balances(session, {member_id: balance})
+    write_last_activity(session, {member_id: occurred_at})
+    return plan.lot_id
 
 
 def _move_balance(session: Session, member_id: str, balance: Balance, *, available: int = 0,
                   pending: int = 0, lifetime: int = 0) -> None:
-    session.execute(
-        update(MemberBalance).where(MemberBalance.member_id == member_id).values(
-            available=MemberBalance.available + available,
-            pending=MemberBalance.pending + pending,
-            # The row is locked, so the value read at lock time is current.
-            lifetime_earned=max(balance.lifetime_earned + lifetime, 0),
-            version=MemberBalance.version + 1,
-        )
-    )
     balance.available += available
     balance.pending += pending
     balance.lifetime_earned = max(balance.lifetime_earned + lifetime, 0)
+    write_balances(session, {member_id: balance})
 
 
 def _spend_order(member_id: str):
@@ -238,6 +297,70 @@ def reverse_pending(
     return take
 
 
+@dataclass(frozen=True)
+class Restore:
+    """The outcome of restoring a debit: how many points came back, and how many already expired."""
+
+    entry_id: str
+    points: int
+    restored: int
+    expired: int
+
+
+def restore_allocations(
+    session: Session, member_id: str, balance: Balance, debit_entry_id: str, *,
+    source_type: str, source_id: str, description: str, now: datetime,
+) -> Restore:
+    """Give a debit's points back to exactly the lots it took them from, as a `cancel` entry.
+
+    Points of a lot that has expired since (status expired, or past its expires_at) come
+    back already expired: an `expire` entry takes them straight out again, so they never
+    reach the balance and the expiry job has nothing of them to expire twice. When the
+    member owes points, the restored points pay the debt first (as a credit does), so the
+    lots never hold more than the balance. The caller makes sure a debit is restored once.
+    Raises ValueError for a debit that went below zero (it has points in no lot).
+    """
+    points = -session.execute(select(LedgerEntry.points).where(LedgerEntry.id == debit_entry_id)).scalar_one()
+    rows = session.execute(
+        select(LotAllocation.lot_id, LotAllocation.points, PointLot.status, PointLot.expires_at)
+        .join(PointLot, PointLot.id == LotAllocation.lot_id)
+        .where(LotAllocation.entry_id == debit_entry_id)
+        .order_by(PointLot.expires_at.asc().nulls_last(), PointLot.id)
+    ).all()
+    if points <= 0 or sum(row.points for row in rows) != points:
+        raise ValueError("only a debit taken wholly from lots can be restored")
+    debt = max(0, -balance.available)
+    gives: list[tuple[str, int]] = []
+    expired = 0
+    for row in rows:
+        if row.status == "expired" or (row.expires_at is not None and row.expires_at <= now):
+            expired += row.points
+            continue
+        paid = min(debt, row.points)
+        debt -= paid
+        if row.points > paid:
+            gives.append((row.lot_id, row.points - paid))
+    if gives:
+        lots = PointLot.__table__
+        session.execute(
+            update(lots).where(lots.c.id == bindparam("b_lot"))
+            .values(remaining=lots.c.remaining + bindparam("b_give")),
+            [{"b_lot": lot_id, "b_give": give} for lot_id, give in gives],
+        )
+    entry_id = new_id()
+    entries = [{"id": entry_id, "member_id": member_id, "type": "cancel", "points": points,
+                "source_type": source_type, "source_id": source_id, "description": description[:500],
+                "created_at": now}]
+    if expired:
+        entries.append({"id": new_id(), "member_id": member_id, "type": "expire", "points": -expired,
+                        "source_type": source_type, "source_id": source_id,
+                        "description": f"Expired before it was given back: {description}"[:500],
+                        "created_at": now})
+    session.execute(insert(LedgerEntry), entries)
+    _move_balance(session, member_id, balance, available=points - expired)
+    return Restore(entry_id=entry_id, points=points, restored=points - expired, expired=expired)
+
+
 def balance_view(session: Session, member_id: str, balance: Balance, program: ProgramSettings) -> dict:
     """Return the balance as the API shows it, with the soonest expiries."""
     return {
@@ -250,19 +373,46 @@ def balance_view(session: Session, member_id: str, balance: Balance, program: Pr
 
 def expiring_points(session: Session, member_id: str, balance: Balance, program: ProgramSettings) -> list[dict]:
     """Return the next expiries: per lot date (fixed mode) or the whole balance (inactivity)."""
+    groups = load_expiry_groups(session, [member_id], program).get(member_id, {})
+    last_activity = None
+    if program.expiry_mode == "inactivity":
+        last_activity = session.execute(select(Member.last_activity_at).where(Member.id == member_id)).scalar()
+    return expiring_view(groups, balance, program, last_activity)
+
+
+def load_expiry_groups(session: Session, member_ids: Sequence[str],
+                       program: ProgramSettings) -> dict[str, dict[datetime, int]]:
+    """Return, per member, its soonest expiry dates with the available points expiring then.
+
+    Only the first few dates per member are read (what the balance shows); points added to
+    later dates can never move them ahead of those.
+    """
+    if program.expiry_mode != "fixed" or not member_ids:
+        return {}
+    grouped = (
+        select(PointLot.member_id, PointLot.expires_at, func.sum(PointLot.remaining).label("points"),
+               func.row_number().over(partition_by=PointLot.member_id, order_by=PointLot.expires_at)
+               .label("position"))
+        .where(PointLot.member_id.in_(list(member_ids)), PointLot.status == "available",
+               PointLot.remaining > 0, PointLot.expires_at.is_not(None))
+        .group_by(PointLot.member_id, PointLot.expires_at)
+        .subquery()
+    )
+    groups: dict[str, dict[datetime, int]] = {}
+    for row in session.execute(select(grouped).where(grouped.c.position <= EXPIRING_SHOWN)):
+        groups.setdefault(row.member_id, {})[row.expires_at] = int(row.points)
+    return groups
+
+
+def expiring_view(groups: Mapping[datetime, int], balance: Balance, program: ProgramSettings,
+                  last_activity: datetime | None) -> list[dict]:
+    """Return the balance's `expiring` list from its expiry groups or its last activity."""
     if program.expiry_mode == "fixed":
-        rows = session.execute(
-            select(PointLot.expires_at, func.sum(PointLot.remaining).label("points"))
-            .where(PointLot.member_id == member_id, PointLot.status == "available",
-                   PointLot.remaining > 0, PointLot.expires_at.is_not(None))
-            .group_by(PointLot.expires_at).order_by(PointLot.expires_at).limit(EXPIRING_SHOWN)
-        )
-        return [{"points": int(r.points), "expires_at": isoformat(r.expires_at)} for r in rows]
-    if program.expiry_mode == "inactivity" and balance.available > 0:
-        last = session.execute(select(Member.last_activity_at).where(Member.id == member_id)).scalar()
-        if last is not None:
-            return [{"points": balance.available,
-                     "expires_at": isoformat(add_months(last, program.expiry_months))}]
+        return [{"points": points, "expires_at": isoformat(expires_at)}
+                for expires_at, points in sorted(groups.items())[:EXPIRING_SHOWN] if points > 0]
+    if program.expiry_mode == "inactivity" and balance.available > 0 and last_activity is not None:
+        expires_at = add_months(last_activity, program.expiry_months)
+        return [{"points": balance.available, "expires_at": isoformat(expires_at)}]
     return []
 
 

@@ -54,7 +54,7 @@ def create_member(session: Session, data: Mapping, now: datetime) -> dict:
 
     Raises MemberExists for a known external_id, InvalidReferralCode for an unknown code.
     """
-    from ..purchases.services import award_points, load_earning_member
+    from ..purchases.services import award_points
 
     program = get_program(session)
     if session.execute(select(Member.id).where(Member.external_id == data["external_id"])).first():
@@ -72,10 +72,9 @@ def create_member(session: Session, data: Mapping, now: datetime) -> dict:
     session.add(member)
     session.flush()
     session.execute(insert(MemberBalance).values(member_id=member.id))
-    balance = lock_balance(session, member.id)
-    award_points(session, load_earning_member(session, member.id, balance), balance, program,
-                 trigger="enrollment", facts={}, at=now, source_type="enrollment", source_id=member.id,
-                 now=now)
+    award_points(session, program, {"member_id": member.id}, trigger="enrollment", facts={}, at=now,
+                 source_type="enrollment", source_id=member.id, now=now)
+    session.refresh(member)
     return member_view(session, member, program)
 
 

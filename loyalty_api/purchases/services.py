@@ -1,11 +1,11 @@
 """Earning: purchases, refunds and custom events, evaluated by the rules engine."""
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 import rules as engine
@@ -25,13 +25,19 @@ from ..ledger.models import RuleUsage
 from ..ledger.services import (
     Balance,
     Credit,
+    CreditPlan,
     balance_view,
-    credit_points,
     debit_points,
+    expiring_view,
+    load_expiry_groups,
     lock_balance,
+    plan_credit,
     reverse_pending,
+    write_balances,
+    write_credits,
+    write_last_activity,
 )
-from ..members.models import Member
+from ..members.models import Member, MemberBalance
 from ..program.services import ProgramSettings, get_program
 from ..rules_admin.services import award_view, current_rule_set
 from ..tiers.models import Tier
@@ -41,16 +47,6 @@ from .models import Event, Purchase, Refund
 LIFETIME = datetime(1970, 1, 1, tzinfo=UTC)
 # How far in the future a client clock may be before occurred_at is refused.
 CLOCK_SKEW = timedelta(minutes=5)
-
-
-@dataclass(frozen=True)
-class EarningMember:
-    """What earning needs to know of a member, read with its tier in one query."""
-
-    id: str
-    status: str
-    facts: dict
-    tier_multiplier: tuple[str, Decimal] | None
 
 
 # --- facts ---------------------------------------------------------------------------------
@@ -82,35 +78,76 @@ def _member_facts(tier_code: str | None, enrolled_at: datetime, lifetime_earned:
             "status": status, "metadata": dict(metadata or {})}
 
 
-def load_earning_member(session: Session, member_id: str, balance: Balance) -> EarningMember:
-    """Read the member and its tier; raise NotFound when there is no such member."""
-    row = session.execute(
-        select(Member.status, Member.enrolled_at, Member.metadata_, Tier.code, Tier.multiplier)
-        .outerjoin(Tier, Tier.id == Member.tier_id).where(Member.id == member_id)
-    ).first()
-    if row is None:
-        raise NotFound("No such member")
-    multiplier = (row.code, Decimal(row.multiplier)) if row.code and Decimal(row.multiplier) > 1 else None
-    facts = _member_facts(row.code, row.enrolled_at, balance.lifetime_earned, row.status, row.metadata_)
-    return EarningMember(member_id, row.status, facts, multiplier)
-
-
 def member_facts_for(session: Session, member_id: str | None, member: Mapping | None):
-    """Return (member facts, tier multiplier) for a stored member or a described one."""
+    """Return (member facts, tier multiplier) for a stored member or a described one (simulation)."""
     if member_id is not None:
-        from ..ledger.services import read_balance
-
-        earning = load_earning_member(session, member_id, read_balance(session, member_id))
-        return earning.facts, earning.tier_multiplier
+        states = _read_members(session, member_ids=[member_id], lock=False)
+        if member_id not in states:
+            raise ValidationFailed("no such member", {"member_id": ["no member has this id"]})
+        return states[member_id].facts(), states[member_id].tier_multiplier
     member = member or {}
     tier_code, multiplier = member.get("tier"), None
     if tier_code:
         factor = session.execute(select(Tier.multiplier).where(Tier.code == tier_code)).scalar()
-        if factor is not None and Decimal(factor) > 1:
-            multiplier = (tier_code, Decimal(factor))
+        multiplier = _tier_multiplier(tier_code, factor)
     facts = _member_facts(tier_code, member.get("enrolled_at") or LIFETIME, member.get("lifetime_earned", 0),
                           member.get("status", "active"), member.get("metadata"))
     return facts, multiplier
+
+
+def _tier_multiplier(code: str | None, factor) -> tuple[str, Decimal] | None:
+    if code is None or factor is None or Decimal(factor) <= 1:
+        return None
+    return code, Decimal(factor)
+
+
+@dataclass
+class MemberState:
+    """A member as one unit of work sees it: facts, the balance it holds locked, expiries."""
+
+    id: str
+    external_id: str
+    status: str
+    enrolled_at: datetime
+    metadata: dict | None
+    last_activity_at: datetime | None
+    tier_code: str | None
+    tier_multiplier: tuple[str, Decimal] | None
+    balance: Balance
+    expiry_groups: dict[datetime, int] = field(default_factory=dict)
+
+    def facts(self) -> dict:
+        return _member_facts(self.tier_code, self.enrolled_at, self.balance.lifetime_earned, self.status,
+                             self.metadata)
+
+
+def _read_members(session: Session, *, member_ids: Iterable[str] = (), external_ids: Iterable[str] = (),
+                  lock: bool) -> dict[str, MemberState]:
+    """Read members with balance and tier in one query; with `lock`, lock their balances.
+
+    Locks are taken in member id order, so two batches touching the same members never
+    deadlock on each other.
+    """
+    member_ids, external_ids = list(member_ids), list(external_ids)
+    query = (
+        select(MemberBalance.member_id, MemberBalance.available, MemberBalance.pending,
+               MemberBalance.lifetime_earned, Member.external_id, Member.status, Member.enrolled_at,
+               Member.metadata_, Member.last_activity_at, Tier.code, Tier.multiplier)
+        .join(Member, Member.id == MemberBalance.member_id)
+        .outerjoin(Tier, Tier.id == Member.tier_id)
+        .where(or_(Member.id.in_(member_ids), Member.external_id.in_(external_ids)))
+        .order_by(MemberBalance.member_id)
+    )
+    if lock:
+        query = query.with_for_update(of=MemberBalance)
+    return {
+        row.member_id: MemberState(
+            id=row.member_id, external_id=row.external_id, status=row.status, enrolled_at=row.enrolled_at,
+            metadata=row.metadata_, last_activity_at=row.last_activity_at, tier_code=row.code,
+            tier_multiplier=_tier_multiplier(row.code, row.multiplier),
+            balance=Balance(row.available, row.pending, row.lifetime_earned))
+        for row in session.execute(query)
+    }
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -134,126 +171,291 @@ def _check_occurred_at(occurred_at: datetime, now: datetime) -> None:
         raise ValidationFailed("occurred_at is in the future", {"occurred_at": ["must not be in the future"]})
 
 
-def resolve_member_id(session: Session, data: Mapping) -> str:
-    """Return the member id a body names by `member_id` or `member_external_id`."""
-    has_id, has_external = data.get("member_id") is not None, data.get("member_external_id") is not None
-    if has_id == has_external:
-        raise ValidationFailed("name the member once",
-                               {"member_id": ["give exactly one of member_id, member_external_id"]})
-    if has_id:
-        found = session.execute(select(Member.id).where(Member.id == data["member_id"])).scalar()
-        field = "member_id"
-    else:
-        found = session.execute(select(Member.id).where(
-            Member.external_id == data["member_external_id"])).scalar()
-        field = "member_external_id"
-    if found is None:
-        raise ValidationFailed("no such member", {field: ["no member has this id"]})
-    return found
-
-
 # --- earning -------------------------------------------------------------------------------
 
-def award_points(
-    session: Session, member: EarningMember, balance: Balance, program: ProgramSettings, *,
-    trigger: str, facts: dict, at: datetime, source_type: str, source_id: str, now: datetime,
-) -> tuple[engine.Evaluation, str | None]:
-    """Evaluate the active rules for one member and credit what they award.
+class Earnings:
+    """Earning for a set of members in one unit of work.
 
-    Returns the evaluation and the id of the lot credited (None when nothing was earned).
+    Reads what it needs once (members, balances, tiers, rule usage, expiries), evaluates and
+    plans each earning in order in memory, as if each had been posted alone, and writes
+    everything at the end with one statement per table. A single purchase and a batch of a
+    thousand go through the same steps.
     """
-    rule_set = current_rule_set(session, program)
-    facts["member"] = member.facts
-    limited = rule_set.limited_rules(trigger)
-    usage, usage_keys = _load_usage(session, member.id, limited, at)
-    evaluation = engine.evaluate(rule_set, trigger, facts, at=at, usage=usage,
-                                 tier_multiplier=member.tier_multiplier)
-    credits = [Credit(a.points, a.rule_name, a.rule_id, a.rule_version) for a in evaluation.awards]
-    lot_id = credit_points(
-        session, member.id, balance, credits, entry_type="earn", source_type=source_type,
-        source_id=source_id, occurred_at=at, program=program, now=now)
-    _store_usage(session, member.id, evaluation.consumed, usage, usage_keys)
-    return evaluation, lot_id
+
+    def __init__(self, session: Session, program: ProgramSettings, now: datetime):
+        self.session, self.program, self.now = session, program, now
+        self.rule_set = current_rule_set(session, program)
+        self.members: dict[str, MemberState] = {}
+        self._by_external_id: dict[str, str] = {}
+        self._usage: dict[tuple, list[int]] = {}
+        self._stored_usage: set[tuple] = set()
+        self._changed_usage: set[tuple] = set()
+        self._plans: list[CreditPlan] = []
+        self._changed_balances: set[str] = set()
+        self._activity: dict[str, datetime] = {}
+
+    def lock(self, bodies: Iterable[Mapping]) -> None:
+        """Lock and read every member the bodies name by member_id or member_external_id."""
+        bodies = list(bodies)
+        states = _read_members(
+            self.session, lock=True,
+            member_ids={b["member_id"] for b in bodies if b.get("member_id") is not None},
+            external_ids={b["member_external_id"] for b in bodies if b.get("member_external_id") is not None})
+        self.members.update(states)
+        self._by_external_id.update({state.external_id: state.id for state in states.values()})
+        groups = load_expiry_groups(self.session, list(states), self.program)
+        for member_id, member_groups in groups.items():
+            self.members[member_id].expiry_groups = member_groups
+
+    def find(self, body: Mapping) -> MemberState | None:
+        """Return the locked member a body names, if any."""
+        if body.get("member_id") is not None:
+            return self.members.get(body["member_id"])
+        return self.members.get(self._by_external_id.get(body.get("member_external_id")))
+
+    def member_for(self, body: Mapping) -> MemberState:
+        """Return the locked member a body names; refuse a body naming none, or both, or an unknown one."""
+        has_id, has_external = body.get("member_id") is not None, body.get("member_external_id") is not None
+        if has_id == has_external:
+            raise ValidationFailed("name the member once",
+                                   {"member_id": ["give exactly one of member_id, member_external_id"]})
+        state = self.find(body)
+        if state is None:
+            field_name = "member_id" if has_id else "member_external_id"
+            raise ValidationFailed("no such member", {field_name: ["no member has this id"]})
+        return state
+
+    def load_usage(self, occasions: Iterable[tuple[str, str, datetime]]) -> None:
+        """Read the rule usage that (member_id, trigger, occurred_at) occasions may need, at once."""
+        wanted = {
+            (member_id, rule_id, engine.period_start(period, at) or LIFETIME)
+            for member_id, trigger, at in occasions
+            for rule_id, period in self.rule_set.limited_rules(trigger)
+        }
+        wanted -= self._usage.keys()
+        if not wanted:
+            return
+        rows = self.session.execute(
+            select(RuleUsage.member_id, RuleUsage.rule_id, RuleUsage.period_start, RuleUsage.count, RuleUsage.points)
+            .where(RuleUsage.member_id.in_({k[0] for k in wanted}), RuleUsage.rule_id.in_({k[1] for k in wanted}),
+                   RuleUsage.period_start.in_({k[2] for k in wanted})))
+        for row in rows:
+            key = (row.member_id, row.rule_id, row.period_start)
+            if key in wanted:
+                self._usage[key] = [row.count, row.points]
+                self._stored_usage.add(key)
+
+    def earn(self, member: MemberState, *, trigger: str, facts: dict, at: datetime, source_type: str,
+             source_id: str) -> tuple[engine.Evaluation, CreditPlan | None]:
+        """Evaluate the active rules for one occasion and plan the credit of what they award."""
+        facts["member"] = member.facts()
+        keys = {rule_id: (member.id, rule_id, engine.period_start(period, at) or LIFETIME)
+                for rule_id, period in self.rule_set.limited_rules(trigger)}
+        usage = {rule_id: engine.Usage(*self._usage[key]) for rule_id, key in keys.items() if key in self._usage}
+        evaluation = engine.evaluate(self.rule_set, trigger, facts, at=at, usage=usage,
+                                     tier_multiplier=member.tier_multiplier)
+        for rule_id, used in evaluation.consumed.items():
+            key = keys[rule_id]
+            counts = self._usage.setdefault(key, [0, 0])
+            counts[0] += used.count
+            counts[1] += used.points
+            self._changed_usage.add(key)
+        credits = [Credit(a.points, a.rule_name, a.rule_id, a.rule_version) for a in evaluation.awards]
+        plan = plan_credit(member.id, member.balance, credits, entry_type="earn", source_type=source_type,
+                           source_id=source_id, occurred_at=at, program=self.program, now=self.now)
+        if plan is not None:
+            self._plans.append(plan)
+            self._changed_balances.add(member.id)
+            if member.last_activity_at is None or member.last_activity_at < at:
+                member.last_activity_at = self._activity[member.id] = at
+            lot = plan.lot
+            if lot["status"] == "available" and lot["expires_at"] is not None and lot["remaining"]:
+                groups = member.expiry_groups
+                groups[lot["expires_at"]] = groups.get(lot["expires_at"], 0) + lot["remaining"]
+        return evaluation, plan
+
+    def balance_view(self, member: MemberState) -> dict:
+        """Return the member's balance as it stands now in this unit of work."""
+        balance = member.balance
+        return {"available": balance.available, "pending": balance.pending,
+                "lifetime_earned": balance.lifetime_earned,
+                "expiring": expiring_view(member.expiry_groups, balance, self.program, member.last_activity_at)}
+
+    def write(self) -> None:
+        """Write every planned lot, entry, balance, activity and usage change."""
+        write_credits(self.session, self._plans)
+        write_balances(self.session, {m: self.members[m].balance for m in self._changed_balances})
+        write_last_activity(self.session, self._activity)
+        new_usage = [
+            {"id": new_id(), "member_id": k[0], "rule_id": k[1], "period_start": k[2],
+             "count": self._usage[k][0], "points": self._usage[k][1]}
+            for k in sorted(self._changed_usage - self._stored_usage)
+        ]
+        if new_usage:
+            self.session.execute(insert(RuleUsage), new_usage)
+        changed = sorted(self._changed_usage & self._stored_usage)
+        if changed:
+            table = RuleUsage.__table__
+            self.session.execute(
+                update(table).where(table.c.member_id == bindparam("b_member"), table.c.rule_id == bindparam("b_rule"),
+                                    table.c.period_start == bindparam("b_start"))
+                .values(count=bindparam("b_count"), points=bindparam("b_points")),
+                [{"b_member": k[0], "b_rule": k[1], "b_start": k[2], "b_count": self._usage[k][0],
+                  "b_points": self._usage[k][1]} for k in changed])
+        self._plans, self._changed_balances, self._activity = [], set(), {}
+        self._stored_usage |= self._changed_usage
+        self._changed_usage = set()
 
 
-def _load_usage(session: Session, member_id: str, limited: Sequence[tuple[str, str]], at: datetime):
-    if not limited:
-        return {}, {}
-    keys = {rule_id: engine.period_start(period, at) or LIFETIME for rule_id, period in limited}
-    rows = session.execute(select(RuleUsage.rule_id, RuleUsage.period_start, RuleUsage.count, RuleUsage.points)
-                           .where(RuleUsage.member_id == member_id, RuleUsage.rule_id.in_(list(keys)))).all()
-    usage = {row.rule_id: engine.Usage(row.count, row.points) for row in rows
-             if row.period_start == keys[row.rule_id]}
-    return usage, keys
+def _pending_until(plan: CreditPlan | None) -> str | None:
+    if plan is None or plan.lot["status"] != "pending":
+        return None
+    return isoformat(plan.lot["available_at"])
 
 
-def _store_usage(session: Session, member_id: str, consumed: Mapping[str, engine.Usage],
-                 usage: Mapping[str, engine.Usage], keys: Mapping) -> None:
-    for rule_id, used in consumed.items():
-        if rule_id in usage:
-            session.execute(update(RuleUsage).where(
-                RuleUsage.member_id == member_id, RuleUsage.rule_id == rule_id,
-                RuleUsage.period_start == keys[rule_id],
-            ).values(count=RuleUsage.count + used.count, points=RuleUsage.points + used.points))
-        else:
-            session.execute(insert(RuleUsage).values(
-                id=new_id(), member_id=member_id, rule_id=rule_id, period_start=keys[rule_id],
-                count=used.count, points=used.points))
+def award_points(session: Session, program: ProgramSettings, body: Mapping, *, trigger: str, facts: dict,
+                 at: datetime, source_type: str, source_id: str, now: datetime):
+    """Earn for one member named by `body` (member_id or member_external_id), and write it.
 
-
-def _require_active(member: EarningMember) -> None:
+    Returns (member state, evaluation, credit plan). Raises MemberNotActive for a suspended
+    or erased member and ValidationFailed for an unknown one.
+    """
+    earnings = Earnings(session, program, now)
+    earnings.lock([body])
+    member = earnings.member_for(body)
     if member.status != "active":
         raise MemberNotActive()
+    earnings.load_usage([(member.id, trigger, at)])
+    evaluation, plan = earnings.earn(member, trigger=trigger, facts=facts, at=at, source_type=source_type,
+                                     source_id=source_id)
+    earnings.write()
+    return member, evaluation, plan, earnings
 
 
 # --- purchases -----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class BatchEntry:
+    """One purchase of a batch: its parsed body, or why it could not be parsed."""
+
+    transaction_id: str | None
+    data: Mapping | None = None
+    refusal: DomainError | None = None
+
+
 def create_purchase(session: Session, data: Mapping, now: datetime) -> Outcome:
     """Record a purchase once per transaction_id and award its points."""
+    (result,) = apply_purchases(session, [BatchEntry(data["transaction_id"], data)], now)
+    if isinstance(result, DomainError):
+        raise result
+    return result
+
+
+def create_purchases_batch(session: Session, entries: Sequence[BatchEntry], now: datetime) -> list[dict]:
+    """Apply each purchase on its own, exactly as if posted alone; return one result each."""
+    results = []
+    for entry, result in zip(entries, apply_purchases(session, entries, now), strict=True):
+        if isinstance(result, DomainError):
+            results.append({"transaction_id": entry.transaction_id, "status": result.status, "body": result.body()})
+        else:
+            results.append({"transaction_id": entry.transaction_id, "status": 200 if result.replayed else 201,
+                            "body": result.body})
+    return results
+
+
+def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: datetime) -> list[Outcome | DomainError]:
+    """Apply purchases in order, each accepted or refused on its own, with set-based reads and writes.
+
+    Returns, per entry, its Outcome (new or replayed) or the DomainError refusing it; a
+    refused purchase writes nothing. A transaction_id seen earlier (stored, or earlier in
+    the same batch) replays or conflicts exactly as a retried single request would.
+    """
     program = get_program(session)
-    body_hash = request_hash(data)
-    existing = session.execute(select(Purchase.request_hash, Purchase.response)
-                               .where(Purchase.transaction_id == data["transaction_id"])).first()
-    if existing is not None:
-        return replay(existing.request_hash, existing.response, body_hash, data["transaction_id"])
-    validate_purchase_body(data, program)
-    _check_occurred_at(data["occurred_at"], now)
-    member_id = resolve_member_id(session, data)
-    balance = lock_balance(session, member_id)
-    member = load_earning_member(session, member_id, balance)
-    _require_active(member)
-    purchase_id = new_id()
-    at = data["occurred_at"]
-    evaluation, lot_id = award_points(
-        session, member, balance, program, trigger="purchase", facts=purchase_facts(data, at), at=at,
-        source_type="purchase", source_id=data["transaction_id"], now=now)
-    response = {
-        "id": purchase_id,
-        "transaction_id": data["transaction_id"],
-        "member_id": member_id,
-        "points": evaluation.points,
-        "pending_until": _pending_until(balance, lot_id, at, program, now),
-        "awards": [award_view(a) for a in evaluation.awards],
-        "balance": balance_view(session, member_id, balance, program),
-    }
-    session.execute(insert(Purchase).values(
-        id=purchase_id, transaction_id=data["transaction_id"], member_id=member_id, occurred_at=at,
-        currency=data["currency"], total=data["total"], channel=data.get("channel"),
-        store_id=data.get("store_id"), items=_stored_items(data.get("items")), metadata_=data.get("metadata"),
-        points=evaluation.points, lot_id=lot_id, request_hash=body_hash, response=response, created_at=now))
-    return Outcome(response)
+    results: list[Outcome | DomainError | None] = [None] * len(entries)
+    candidates = []
+    for index, entry in enumerate(entries):
+        if entry.refusal is not None:
+            results[index] = entry.refusal
+        else:
+            candidates.append((index, entry.data, request_hash(entry.data)))
+    known = _stored_purchases(session, {data["transaction_id"] for _, data, _ in candidates})
+    to_earn = []
+    for index, data, body_hash in candidates:
+        if data["transaction_id"] in known:
+            results[index] = _replay_or_refusal(known[data["transaction_id"]], body_hash, data["transaction_id"])
+            continue
+        try:
+            validate_purchase_body(data, program)
+            _check_occurred_at(data["occurred_at"], now)
+        except DomainError as err:
+            results[index] = err
+            continue
+        to_earn.append((index, data, body_hash))
+    if not to_earn:
+        return results
+    earnings = Earnings(session, program, now)
+    earnings.lock(data for _, data, _ in to_earn)
+    earnings.load_usage((member.id, "purchase", data["occurred_at"]) for _, data, _ in to_earn
+                        if (member := earnings.find(data)) is not None)
+    rows = []
+    for index, data, body_hash in to_earn:
+        transaction_id = data["transaction_id"]
+        if transaction_id in known:  # an earlier purchase of this batch
+            results[index] = _replay_or_refusal(known[transaction_id], body_hash, transaction_id)
+            continue
+        try:
+            member = earnings.member_for(data)
+            if member.status != "active":
+                raise MemberNotActive()
+        except DomainError as err:
+            results[index] = err
+            continue
+        at = data["occurred_at"]
+        evaluation, plan = earnings.earn(member, trigger="purchase", facts=purchase_facts(data, at), at=at,
+                                         source_type="purchase", source_id=transaction_id)
+        purchase_id = new_id()
+        response = {
+            "id": purchase_id,
+            "transaction_id": transaction_id,
+            "member_id": member.id,
+            "points": evaluation.points,
+            "pending_until": _pending_until(plan),
+            "awards": [award_view(a) for a in evaluation.awards],
+            "balance": earnings.balance_view(member),
+        }
+        rows.append({
+            "id": purchase_id, "transaction_id": transaction_id, "member_id": member.id, "occurred_at": at,
+            "currency": data["currency"], "total": data["total"], "channel": data.get("channel"),
+            "store_id": data.get("store_id"), "items": _stored_items(data.get("items")),
+            "metadata_": data.get("metadata"), "points": evaluation.points,
+            "lot_id": plan.lot_id if plan else None, "refunded_amount": 0, "reversed_points": 0,
+            "request_hash": body_hash, "response": response, "created_at": now,
+        })
+        known[transaction_id] = (body_hash, response)
+        results[index] = Outcome(response)
+    earnings.write()
+    if rows:
+        session.execute(insert(Purchase), rows)
+    return results
+
+
+def _stored_purchases(session: Session, transaction_ids: set[str]) -> dict[str, tuple[str, dict]]:
+    if not transaction_ids:
+        return {}
+    rows = session.execute(select(Purchase.transaction_id, Purchase.request_hash, Purchase.response)
+                           .where(Purchase.transaction_id.in_(transaction_ids)))
+    return {row.transaction_id: (row.request_hash, row.response) for row in rows}
+
+
+def _replay_or_refusal(stored: tuple[str, dict], body_hash: str, client_id: str) -> Outcome | DomainError:
+    try:
+        return replay(stored[0], stored[1], body_hash, client_id)
+    except DomainError as err:
+        return err
 
 
 def _stored_items(items):
     return [dict(item) for item in items] if items else None
-
-
-def _pending_until(balance: Balance, lot_id: str | None, at: datetime, program: ProgramSettings,
-                   now: datetime) -> str | None:
-    if lot_id is None:
-        return None
-    available_at = at + timedelta(days=program.pending_days)
-    return isoformat(available_at) if available_at > now else None
 
 
 def get_purchase(session: Session, transaction_id: str) -> dict:
@@ -359,56 +561,24 @@ def create_event(session: Session, data: Mapping, now: datetime) -> Outcome:
         return replay(existing.request_hash, existing.response, body_hash, data["event_id"])
     _check_occurred_at(data["occurred_at"], now)
     program = get_program(session)
-    member_id = resolve_member_id(session, data)
-    balance = lock_balance(session, member_id)
-    member = load_earning_member(session, member_id, balance)
-    _require_active(member)
     at = data["occurred_at"]
-    evaluation, lot_id = award_points(
-        session, member, balance, program, trigger=f"event:{data['type']}", facts=event_facts(data, at),
-        at=at, source_type="event", source_id=data["event_id"], now=now)
+    member, evaluation, plan, earnings = award_points(
+        session, program, data, trigger=f"event:{data['type']}", facts=event_facts(data, at), at=at,
+        source_type="event", source_id=data["event_id"], now=now)
     event_id = new_id()
     response = {
         "id": event_id,
         "event_id": data["event_id"],
-        "member_id": member_id,
+        "member_id": member.id,
         "points": evaluation.points,
-        "pending_until": _pending_until(balance, lot_id, at, program, now),
+        "pending_until": _pending_until(plan),
         "awards": [award_view(a) for a in evaluation.awards],
-        "balance": balance_view(session, member_id, balance, program),
+        "balance": earnings.balance_view(member),
     }
     session.execute(insert(Event).values(
-        id=event_id, event_id=data["event_id"], type=data["type"], member_id=member_id, occurred_at=at,
+        id=event_id, event_id=data["event_id"], type=data["type"], member_id=member.id, occurred_at=at,
         attributes=data.get("attributes") or {}, points=evaluation.points, request_hash=body_hash,
         response=response, created_at=now))
     return Outcome(response)
 
 
-# --- batch ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BatchEntry:
-    """One purchase of a batch: its parsed body, or why it could not be parsed."""
-
-    transaction_id: str | None
-    data: Mapping | None = None
-    refusal: DomainError | None = None
-
-
-def create_purchases_batch(session: Session, entries: Sequence[BatchEntry], now: datetime) -> list[dict]:
-    """Apply each purchase on its own, exactly as if posted alone; return one result each.
-
-    Each purchase runs in its own savepoint, so one refused purchase leaves the others.
-    """
-    results = []
-    for entry in entries:
-        try:
-            if entry.refusal is not None:
-                raise entry.refusal
-            with session.begin_nested():
-                outcome = create_purchase(session, entry.data, now)
-            status = 200 if outcome.replayed else 201
-            results.append({"transaction_id": entry.transaction_id, "status": status, "body": outcome.body})
-        except DomainError as err:
-            results.append({"transaction_id": entry.transaction_id, "status": err.status, "body": err.body()})
-    return results
