@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 from loyalty_api import create_app
 from loyalty_api.auth.services import create_api_key
-from loyalty_api.extensions import db
+from loyalty_api.extensions import Session, db
 from loyalty_api.timeutil import freeze
 
 from .helpers import ApiClient
@@ -73,7 +73,9 @@ def session(app):
     with app.app_context():
         connection = db.engine.connect()
         outer = connection.begin()
-        scoped = db._make_scoped_session({"bind": connection, "join_transaction_mode": "create_savepoint"})
+        # The service's own Session class: Flask-SQLAlchemy's would ignore `bind` and commit for real.
+        scoped = db._make_scoped_session({"class_": Session, "bind": connection,
+                                          "join_transaction_mode": "create_savepoint"})
         original, db.session = db.session, scoped
         freeze(NOW)
         try:
