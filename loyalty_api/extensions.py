@@ -1,8 +1,10 @@
 """Extension objects, created unbound and initialised by create_app."""
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
+import flask_smorest
 import flask_sqlalchemy.session
 from flask_migrate import Migrate
 from flask_smorest import Api
@@ -10,6 +12,8 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, registry
+from webargs.core import missing
+from webargs.flaskparser import FlaskParser, is_json_request
 
 
 class UTCDateTime(TypeDecorator):
@@ -78,6 +82,33 @@ class ProblemApi(Api):
         finally:
             del self.DEFAULT_RESPONSE_CONTENT_TYPE
 
+
+def _refuse_constant(name: str):
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
+class StrictParser(FlaskParser):
+    """webargs' parser, refusing what is not strict JSON and unknown query parameters too.
+
+    NaN and Infinity are not JSON (RFC 8259) and would break JSONB; an integer of more
+    digits than Python converts (ValueError) or nesting deeper than the recursion limit
+    would otherwise escape webargs as a 500.
+    """
+
+    def _raw_load_json(self, req):
+        if not is_json_request(req):
+            return missing
+        try:
+            return json.loads(req.get_data(cache=True), parse_constant=_refuse_constant)
+        except json.JSONDecodeError:
+            raise
+        except (ValueError, RecursionError) as err:
+            raise json.JSONDecodeError(str(err), "", 0) from err
+
+
+# Every blueprint's @arguments is built with this parser (set before any routes module loads);
+# unknown=None lets each schema's own RAISE apply to the query string as well as the body.
+flask_smorest.Blueprint.ARGUMENTS_PARSER = StrictParser(unknown=None)
 
 db = SQLAlchemy(model_class=Base, session_options={"class_": Session})
 migrate = Migrate()

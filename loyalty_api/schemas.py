@@ -1,5 +1,7 @@
 """Fields and schemas shared by every domain package."""
 
+from datetime import UTC, datetime
+
 from marshmallow import Schema, fields, validate
 
 from .timeutil import isoformat
@@ -37,8 +39,14 @@ class _UTCTimestamp(fields.AwareDateTime):
         return isoformat(value)
 
 
+# Instants a loyalty program can meet; beyond them UTC arithmetic (and the year 1) overflows.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def Timestamp(**kwargs):
     """An RFC 3339 timestamp that must carry an offset."""
+    kwargs.setdefault("validate", validate.Range(EARLIEST, LATEST, error="must be between 1970 and 9000"))
     return _UTCTimestamp(format="iso", **kwargs)
 
 

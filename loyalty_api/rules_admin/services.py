@@ -34,12 +34,59 @@ _cache: _CachedRuleSet | None = None
 _cache_lock = threading.Lock()
 
 
+# The engine takes integers of any size; these bounds keep every award far inside a 64-bit
+# balance (a total is at most 10^13, a basket at most 1,000 items of 1,000,000 units).
+_MAX_FIXED_POINTS = 10**9
+_MAX_PER_UNIT_POINTS = 10**6
+_MAX_POINTS_PER_MINOR_UNIT = 100
+_MAX_FACTOR = 100
+_MAX_LIMIT = 10**12
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def bound_errors(definition: Mapping) -> dict[str, list[str]]:
+    """Return {json_path: [message]} for numbers too large to award safely."""
+    errors: dict[str, list[str]] = {}
+
+    def check(path: str, value, limit) -> None:
+        if _is_number(value) and value > limit:
+            errors.setdefault(path, []).append(f"must be at most {limit}")
+
+    effect = definition.get("effect")
+    if isinstance(effect, Mapping):
+        points, kind = effect.get("points"), effect.get("type")
+        check("effect.points", points, _MAX_PER_UNIT_POINTS if kind == "per_item" else _MAX_FIXED_POINTS)
+        check("effect.per", effect.get("per"), _MAX_LIMIT)
+        check("effect.value", effect.get("value"), _MAX_LIMIT)
+        check("effect.factor", effect.get("factor"), _MAX_FACTOR)
+        per = effect.get("per")
+        if (kind == "per_amount" and _is_number(points) and _is_number(per) and per > 0
+                and "effect.points" not in errors and points > per * _MAX_POINTS_PER_MINOR_UNIT):
+            errors["effect.points"] = [f"must be at most {_MAX_POINTS_PER_MINOR_UNIT} per minor unit of `per`"]
+    limits = definition.get("limits")
+    if isinstance(limits, Mapping):
+        for key in ("per_event", "min_points", "step"):
+            check(f"limits.{key}", limits.get(key), _MAX_LIMIT)
+        per_member = limits.get("per_member")
+        if isinstance(per_member, Mapping):
+            for key in ("count", "points"):
+                check(f"limits.per_member.{key}", per_member.get(key), _MAX_LIMIT)
+    return errors
+
+
 def compile_definition(definition: Mapping, rule_id: str, version: int, status: str) -> engine.Rule:
     """Compile a stored or submitted definition; raise InvalidRule with the engine's paths."""
     try:
-        return engine.compile_rule({**definition, "status": status}, rule_id=rule_id, version=version)
+        compiled = engine.compile_rule({**definition, "status": status}, rule_id=rule_id, version=version)
     except engine.RuleError as err:
-        raise InvalidRule(str(err), err.errors) from err
+        raise InvalidRule(str(err), {**err.errors, **bound_errors(definition)}) from err
+    errors = bound_errors(definition)
+    if errors:
+        raise InvalidRule("Some numbers are too large", errors)
+    return compiled
 
 
 def current_rule_set(session: Session, program: ProgramSettings) -> engine.RuleSet:
@@ -157,8 +204,9 @@ def validate_rule(data: Mapping) -> dict:
     try:
         engine.compile_rule({**_content(data), "status": data.get("status", "draft")}, rule_id="validate")
     except engine.RuleError as err:
-        return {"valid": False, "errors": err.errors}
-    return {"valid": True, "errors": {}}
+        return {"valid": False, "errors": {**err.errors, **bound_errors(data)}}
+    errors = bound_errors(data)
+    return {"valid": not errors, "errors": errors}
 
 
 def simulate(session: Session, data: Mapping, now: datetime) -> dict:
@@ -176,9 +224,7 @@ def simulate(session: Session, data: Mapping, now: datetime) -> dict:
         raise ValidationFailed("give a member", {"member_id": ["give exactly one of member_id, member"]})
     program = get_program(session)
     if data.get("rules") is not None:
-        rule_set = engine.compile_rules(
-            compile_definition(rule, f"draft-{i}", 1, rule.get("status", "active"))
-            for i, rule in enumerate(data["rules"]))
+        rule_set = engine.compile_rules(_compile_inline(data["rules"]))
     else:
         rule_set = current_rule_set(session, program)
     facts_member, tier_multiplier = member_facts_for(session, data.get("member_id"), data.get("member"))
@@ -203,6 +249,20 @@ def simulate(session: Session, data: Mapping, now: datetime) -> dict:
             for o in evaluation.outcomes
         ],
     }
+
+
+def _compile_inline(definitions) -> list[engine.Rule]:
+    """Compile the rules a simulation brings along; errors name `rules.<i>.<path>`."""
+    compiled, errors = [], {}
+    for i, rule in enumerate(definitions):
+        try:
+            compiled.append(compile_definition(rule, f"draft-{i}", 1, rule.get("status", "active")))
+        except InvalidRule as err:
+            for path, messages in (err.errors or {}).items():
+                errors[f"rules.{i}.{path}" if path else f"rules.{i}"] = messages
+    if errors:
+        raise InvalidRule("Some rules are not valid", errors)
+    return compiled
 
 
 def award_view(award: engine.Award) -> dict:
