@@ -1,0 +1,1 @@
+"""Periodic jobs (activation, expiry, tier review, reconciliation) and the scheduler process."""
