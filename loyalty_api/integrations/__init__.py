@@ -1,0 +1,1 @@
+"""Integrations with outside systems (payment providers) that feed the loyalty ledger."""

@@ -1,0 +1,1 @@
+"""Stripe: signed webhook deliveries of payments and refunds become purchases and refunds."""
