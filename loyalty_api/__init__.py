@@ -2,9 +2,13 @@
 
 import logging
 import secrets
+import time
 from pathlib import Path
 
 from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 
 from .config import INSTANCE_DIR, load_config
 from .errors import register_error_handlers
@@ -36,7 +40,8 @@ def create_app(config: dict | None = None) -> Flask:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if uri.startswith("postgresql"):
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {
-            "pool_pre_ping": True,
+            # No pool_pre_ping: it pays a round trip on every checkout (two per request).
+            # Connections idle for a while are pinged instead, see _ping_idle_connections.
             "pool_size": app.config["LOYALTY_POOL_SIZE"],
             "max_overflow": 0,
             "pool_timeout": 10,
@@ -47,6 +52,8 @@ def create_app(config: dict | None = None) -> Flask:
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True, compare_type=True)
     with app.app_context():
         configure_engine(db.engine)
+        if uri.startswith("postgresql") and not app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_pre_ping"):
+            _ping_idle_connections(db.engine, app.config["LOYALTY_POOL_PING_IDLE"])
 
     api.init_app(app)
     # After flask-smorest, whose own HTTP error handler this replaces with problem+json.
@@ -58,15 +65,45 @@ def create_app(config: dict | None = None) -> Flask:
     return app
 
 
+def _ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection on checkout only when it sat idle longer than `idle_seconds`.
+
+    A connection that broke while idle (a database restart, a firewall timeout) is replaced
+    before a request sees it, as with pool_pre_ping, but busy connections skip the round trip.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection, record):
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy):
+        since = record.info.get("checked_in_at")
+        if since is None or time.monotonic() - since <= idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as err:  # any failure: let the pool replace the connection
+            raise DisconnectionError("the pooled connection is gone") from err
+
+
 def _register_blueprints() -> None:
+    from .auth.routes import blp as auth_blp
+    from .integrations.stripe.routes import blp as stripe_blp
+    from .jobs.routes import blp as jobs_blp
     from .ledger.routes import blp as ledger_blp
     from .members.routes import blp as members_blp
     from .ops.routes import blp as ops_blp
     from .program.routes import blp as program_blp
     from .purchases.routes import blp as purchases_blp
+    from .redemptions.routes import blp as redemptions_blp
+    from .referrals.routes import blp as referrals_blp
+    from .rewards.routes import blp as rewards_blp
     from .rules_admin.routes import blp as rules_blp
+    from .tiers.routes import blp as tiers_blp
 
-    for blueprint in (ops_blp, program_blp, members_blp, purchases_blp, ledger_blp, rules_blp):
+    for blueprint in (ops_blp, program_blp, members_blp, purchases_blp, ledger_blp, rules_blp,
+                      redemptions_blp, rewards_blp, auth_blp, stripe_blp, tiers_blp, referrals_blp, jobs_blp):
         api.register_blueprint(blueprint)
 
 

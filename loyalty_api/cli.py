@@ -92,6 +92,56 @@ def create_key(role, name):
     click.echo(key)
 
 
+@main.group()
+def jobs():
+    """Periodic jobs."""
+
+
+@jobs.command("run")
+@click.argument("name")
+@click.option("--chunk-size", default=None, type=click.IntRange(1, 100_000),
+              help="members per chunk (each chunk is its own transaction)")
+def run_job_command(name, chunk_size):
+    """Run job NAME now (activate-pending, expire-points, review-tiers, reconcile-balances); print its run."""
+    import json
+
+    from .extensions import db as database
+    from .jobs.services import CHUNK_SIZE, JOBS, run_job
+    from .timeutil import isoformat
+
+    if name not in JOBS:
+        raise click.BadParameter(f"unknown job; one of: {', '.join(JOBS)}", param_hint="NAME")
+    app = _app()
+    with app.app_context():
+        run = run_job(database.session, name, utcnow(), trigger="cli", chunk_size=chunk_size or CHUNK_SIZE)
+    click.echo(json.dumps(run, default=lambda value: isoformat(value), indent=2))
+    if run["status"] == "failed":
+        sys.exit(1)
+
+
+@main.command()
+def scheduler():
+    """Run the jobs on their schedules (LOYALTY_SCHEDULE_*) until SIGTERM; one active per database."""
+    from .jobs.scheduler import Scheduler
+
+    process = Scheduler(_app())
+    process.install_signal_handlers()
+    sys.exit(process.run())
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+def revoke_key(prefix):
+    """Revoke the key whose public prefix (the part after `lk_`) is PREFIX."""
+    from .auth.services import revoke_api_key
+    from .transactions import run_write
+
+    app = _app()
+    with app.app_context():
+        run_write(lambda session: revoke_api_key(session, prefix, utcnow()))
+    click.echo(f"revoked {prefix}", err=True)
+
+
 @main.command()
 def demo():
     """Load a demo program (rules, tiers, members) into an empty database; print an admin key."""

@@ -23,7 +23,19 @@ def load_config(overrides: dict | None = None) -> dict:
         # purchases with items fits comfortably).
         "MAX_CONTENT_LENGTH": int(env.get("LOYALTY_MAX_BODY_BYTES", 8 * 1024 * 1024)),
         "LOYALTY_POOL_SIZE": int(env.get("LOYALTY_POOL_SIZE", 10)),
+        # A pooled connection idle longer than this is pinged before use (PostgreSQL).
+        "LOYALTY_POOL_PING_IDLE": float(env.get("LOYALTY_POOL_PING_IDLE", 10)),
         "LOYALTY_MEMBER_TOKEN_TTL": int(env.get("LOYALTY_MEMBER_TOKEN_TTL", 900)),
+        # The scheduler process (`loyalty scheduler`): a cron schedule per job, in UTC (5 fields,
+        # or 6 with seconds first; empty or "off" disables the job).
+        "LOYALTY_SCHEDULE_ACTIVATE_PENDING": env.get("LOYALTY_SCHEDULE_ACTIVATE_PENDING", "*/15 * * * *"),
+        "LOYALTY_SCHEDULE_EXPIRE_POINTS": env.get("LOYALTY_SCHEDULE_EXPIRE_POINTS", "30 0 * * *"),
+        "LOYALTY_SCHEDULE_REVIEW_TIERS": env.get("LOYALTY_SCHEDULE_REVIEW_TIERS", "0 2 * * *"),
+        "LOYALTY_SCHEDULE_RECONCILE_BALANCES": env.get("LOYALTY_SCHEDULE_RECONCILE_BALANCES", "0 4 * * *"),
+        # A run missed by up to this many seconds (the scheduler was down) still runs, once.
+        "LOYALTY_SCHEDULER_MISFIRE_GRACE": int(env.get("LOYALTY_SCHEDULER_MISFIRE_GRACE", 6 * 3600)),
+        # How often a waiting scheduler tries the lock, and a running one checks it still holds it.
+        "LOYALTY_SCHEDULER_LOCK_POLL": float(env.get("LOYALTY_SCHEDULER_LOCK_POLL", 10)),
         "API_TITLE": "Loyalty API",
         "API_VERSION": "v1",
         "OPENAPI_VERSION": "3.0.3",

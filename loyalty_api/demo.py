@@ -10,6 +10,7 @@ from .ids import new_id
 from .members.models import Member
 from .members.services import create_member
 from .program.services import update_program
+from .rewards.services import create_reward
 from .rules_admin.models import Rule
 from .rules_admin.services import create_rule
 from .tiers.models import Tier
@@ -38,6 +39,12 @@ DEMO_TIERS = [
     ("gold", "Gold", 2, 2000, Decimal("1.5")),
 ]
 
+DEMO_REWARDS = [
+    {"code": "free-coffee", "name": "A free coffee", "cost_points": 300},
+    {"code": "tote-bag", "name": "Tote bag", "cost_points": 1500, "stock": 100},
+    {"code": "tasting", "name": "Private tasting", "cost_points": 5000, "stock": 10, "tiers": ["gold"]},
+]
+
 DEMO_MEMBERS = [
     ("demo-alice", "alice@example.com", "Alice Example"),
     ("demo-bob", "bob@example.com", "Bob Example"),
@@ -58,6 +65,8 @@ def load_demo(session: Session, now: datetime) -> bool:
                          multiplier=multiplier, benefits=[], created_at=now, updated_at=now))
     for rule in DEMO_RULES:
         create_rule(session, rule, now)
+    for reward in DEMO_REWARDS:
+        create_reward(session, reward, now)
     for external_id, email, name in DEMO_MEMBERS:
         create_member(session, {"external_id": external_id, "email": email, "name": name}, now)
     return True

@@ -98,6 +98,30 @@ class RewardUnavailable(DomainError):
     status, code, title = 422, "reward_unavailable", "The reward cannot be redeemed"
 
 
+class NoBurnRule(DomainError):
+    status, code, title = 422, "no_burn_rule", "No redemption rule applies to this order"
+
+
+class RewardExists(DomainError):
+    status, code, title = 409, "reward_exists", "A reward with this code exists"
+
+
+class SelfReferral(DomainError):
+    status, code, title = 422, "self_referral", "A member cannot refer itself"
+
+
+class ReferralLimitReached(DomainError):
+    status, code, title = 422, "referral_limit_reached", "The referrer has referred as many members as allowed"
+
+
+class TierExists(DomainError):
+    status, code, title = 409, "tier_exists", "A tier with this code or rank exists"
+
+
+class TierInUse(DomainError):
+    status, code, title = 409, "tier_in_use", "Members or rewards still use this tier"
+
+
 class ServiceUnavailable(DomainError):
     status, code, title = 503, "service_unavailable", "The database is unavailable; retry shortly"
 

@@ -1,10 +1,10 @@
 """API keys and scopes: 401 without a valid key, 403 without the scope (API.md "Scopes")."""
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from loyalty_api.auth.models import ApiKey
-from loyalty_api.auth.services import create_api_key
+from loyalty_api.auth.services import create_api_key, revoke_api_key
 
 from .conftest import NOW
 from .helpers import ApiClient, assert_problem, make_member, make_rule, purchase_body
@@ -95,8 +95,7 @@ def test_scheme_is_case_insensitive(api, keys):
 
 def test_revoked_key_is_401(api, session, keys):
     assert api.as_role("pos").get("/v1/members").status_code == 200
-    prefix = keys["pos"].split("_")[1]
-    session.execute(update(ApiKey).where(ApiKey.prefix == prefix).values(revoked_at=NOW))
+    revoke_api_key(session, keys["pos"].split("_")[1], NOW)
     session.commit()
     assert_problem(api.as_role("pos").get("/v1/members"), 401, "unauthorized")
 

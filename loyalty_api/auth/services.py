@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -10,7 +11,7 @@ import jwt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import Unauthorized, ValidationFailed
+from ..errors import MemberNotActive, NotFound, Unauthorized, ValidationFailed
 from ..ids import new_id
 from .models import ApiKey
 
@@ -56,17 +57,44 @@ def create_api_key(session: Session, role: str, now: datetime, name: str | None 
     return key
 
 
+# Verified keys are remembered per process for a short while, so that a request usually
+# needs no read before its write transaction (which also keeps psycopg's prepared
+# statements, lost on every rollback). A revoked key stops working within this time.
+KEY_CACHE_SECONDS = 30.0
+_key_cache: dict[str, tuple[str, Principal, float]] = {}
+
+
 def authenticate_key(session: Session, key: str) -> Principal:
     """Return the principal of an API key; raise Unauthorized for an unknown or revoked one."""
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != _KEY_PREFIX:
         raise Unauthorized()
+    key_hash = _hash_key(key)
+    cached = _key_cache.get(parts[1])
+    if cached is not None and cached[2] > time.monotonic() and hmac.compare_digest(cached[0], key_hash):
+        return cached[1]
     row = session.execute(
         select(ApiKey.id, ApiKey.key_hash, ApiKey.role, ApiKey.revoked_at).where(ApiKey.prefix == parts[1])
     ).first()
-    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, _hash_key(key)):
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, key_hash):
         raise Unauthorized()
-    return Principal(role=row.role, key_id=row.id)
+    principal = Principal(role=row.role, key_id=row.id)
+    _key_cache[parts[1]] = (row.key_hash, principal, time.monotonic() + KEY_CACHE_SECONDS)
+    return principal
+
+
+def revoke_api_key(session: Session, prefix: str, now: datetime) -> None:
+    """Revoke the key with this public prefix (the part after `lk_`).
+
+    This process forgets it at once; other processes within KEY_CACHE_SECONDS.
+    Raises NotFound for an unknown prefix.
+    """
+    key = session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar()
+    if key is None:
+        raise NotFound("No such API key")
+    key.revoked_at = key.revoked_at or now
+    _key_cache.pop(prefix, None)
+    session.flush()
 
 
 def issue_member_token(member_id: str, secret: str, now: datetime, ttl_seconds: int) -> tuple[str, datetime]:
@@ -74,6 +102,22 @@ def issue_member_token(member_id: str, secret: str, now: datetime, ttl_seconds: 
     expires_at = now + timedelta(seconds=ttl_seconds)
     claims = {"sub": member_id, "typ": "member", "iat": int(now.timestamp()), "exp": int(expires_at.timestamp())}
     return jwt.encode(claims, secret, algorithm="HS256"), expires_at.replace(microsecond=0)
+
+
+def create_member_token(session: Session, member_id: str, secret: str, ttl_seconds: int, now: datetime) -> dict:
+    """Issue a member token for an existing, active member; return {token, expires_at}.
+
+    Raises NotFound for an unknown member, MemberNotActive for a suspended or erased one.
+    """
+    from ..members.models import Member
+
+    status = session.execute(select(Member.status).where(Member.id == member_id)).scalar()
+    if status is None:
+        raise NotFound("No such member")
+    if status != "active":
+        raise MemberNotActive()
+    token, expires_at = issue_member_token(member_id, secret, now, ttl_seconds)
+    return {"token": token, "expires_at": expires_at}
 
 
 def authenticate_member_token(token: str, secret: str, now: datetime) -> Principal:

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from ..errors import DomainError, InvalidReferralCode, MemberExists, MemberNotActive, NotFound
+from ..errors import DomainError, MemberExists, MemberNotActive, NotFound
 from ..ids import new_id
 from ..ledger.services import balance_view, lock_balance, read_balance
 from ..pagination import Page, decode_cursor, encode_cursor
@@ -52,18 +52,18 @@ def member_view(session: Session, member: Member, program: ProgramSettings) -> d
 def create_member(session: Session, data: Mapping, now: datetime) -> dict:
     """Enrol a member and award what `enrollment` rules give.
 
-    Raises MemberExists for a known external_id, InvalidReferralCode for an unknown code.
+    Raises MemberExists for a known external_id, InvalidReferralCode for an unknown code,
+    SelfReferral and ReferralLimitReached for a code that may not refer this member.
     """
     from ..purchases.services import award_points
+    from ..referrals.services import check_referral, create_referral
 
     program = get_program(session)
     if session.execute(select(Member.id).where(Member.external_id == data["external_id"])).first():
         raise MemberExists(f"external_id {data['external_id']!r} is taken")
+    referrer_id = None
     if data.get("referral_code"):
-        referrer = session.execute(select(Member.id).where(
-            Member.referral_code == data["referral_code"].upper(), Member.status == "active")).first()
-        if referrer is None:
-            raise InvalidReferralCode(errors={"referral_code": ["no active member has this code"]})
+        referrer_id = check_referral(session, data["referral_code"], data.get("email"), program)
     member = Member(
         id=new_id(), external_id=data["external_id"], email=data.get("email"), name=data.get("name"),
         birthdate=data.get("birthdate"), status="active", referral_code=_new_referral_code(),
@@ -72,6 +72,8 @@ def create_member(session: Session, data: Mapping, now: datetime) -> dict:
     session.add(member)
     session.flush()
     session.execute(insert(MemberBalance).values(member_id=member.id))
+    if referrer_id is not None:
+        create_referral(session, referrer_id, member.id, program, now)
     award_points(session, program, {"member_id": member.id}, trigger="enrollment", facts={}, at=now,
                  source_type="enrollment", source_id=member.id, now=now)
     session.refresh(member)

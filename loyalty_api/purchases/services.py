@@ -39,8 +39,24 @@ from ..ledger.services import (
 )
 from ..members.models import Member, MemberBalance
 from ..program.services import ProgramSettings, get_program
+from ..referrals.services import (
+    PendingReferral,
+    pending_referrals,
+    referrers_of,
+    reverse_referral,
+    write_completions,
+)
 from ..rules_admin.services import award_view, current_rule_set
 from ..tiers.models import Tier
+from ..tiers.services import (
+    UPGRADE,
+    TierLadder,
+    counts_towards_tier,
+    qualifying_figures,
+    tier_change_row,
+    window_start,
+    write_tier_changes,
+)
 from ..timeutil import isoformat
 from .models import Event, Purchase, Refund
 
@@ -193,19 +209,46 @@ class Earnings:
         self._plans: list[CreditPlan] = []
         self._changed_balances: set[str] = set()
         self._activity: dict[str, datetime] = {}
+        # Tiers: the ladder, each member's qualifying figure (read only for members a higher
+        # tier exists for), and the upgrades planned.
+        self.ladder: TierLadder | None = None
+        self._figures: dict[str, int] = {}
+        self._tier_changes: list[tuple[dict, str | None]] = []
+        # Referrals a purchase of this unit of work may complete, by referee.
+        self._referrals: dict[str, PendingReferral] = {}
+        self._completions: list[dict] = []
 
-    def lock(self, bodies: Iterable[Mapping]) -> None:
-        """Lock and read every member the bodies name by member_id or member_external_id."""
+    def lock(self, bodies: Iterable[Mapping], *, referrals: bool = False) -> None:
+        """Lock and read every member the bodies name by member_id or member_external_id.
+
+        With `referrals`, the referrers of those members' pending referrals are locked in the
+        same statement (in id order with the rest), so that completing a referral can credit them.
+        """
         bodies = list(bodies)
-        states = _read_members(
-            self.session, lock=True,
-            member_ids={b["member_id"] for b in bodies if b.get("member_id") is not None},
-            external_ids={b["member_external_id"] for b in bodies if b.get("member_external_id") is not None})
+        member_ids = {b["member_id"] for b in bodies if b.get("member_id") is not None}
+        external_ids = {b["member_external_id"] for b in bodies if b.get("member_external_id") is not None}
+        if referrals:
+            member_ids |= set(referrers_of(self.session, member_ids, external_ids))
+        states = _read_members(self.session, lock=True, member_ids=member_ids, external_ids=external_ids)
         self.members.update(states)
         self._by_external_id.update({state.external_id: state.id for state in states.values()})
         groups = load_expiry_groups(self.session, list(states), self.program)
         for member_id, member_groups in groups.items():
             self.members[member_id].expiry_groups = member_groups
+        self._load_tiers(states.values())
+        if referrals:
+            self._referrals.update(pending_referrals(self.session, list(states)))
+
+    def _load_tiers(self, states: Iterable[MemberState]) -> None:
+        """Read the ladder once, and the qualifying figures of members a higher tier exists for."""
+        if self.ladder is None:
+            self.ladder = TierLadder.load(self.session)
+        if not self.ladder:
+            return
+        climbing = [s.id for s in states if self.ladder.has_above(self.ladder.by_code.get(s.tier_code))]
+        if climbing:
+            figures = qualifying_figures(self.session, self.program, self.now, member_ids=climbing)
+            self._figures.update({member_id: figures.get(member_id, 0) for member_id in climbing})
 
     def find(self, body: Mapping) -> MemberState | None:
         """Return the locked member a body names, if any."""
@@ -246,7 +289,7 @@ class Earnings:
                 self._stored_usage.add(key)
 
     def earn(self, member: MemberState, *, trigger: str, facts: dict, at: datetime, source_type: str,
-             source_id: str) -> tuple[engine.Evaluation, CreditPlan | None]:
+             source_id: str, entry_type: str = "earn") -> tuple[engine.Evaluation, CreditPlan | None]:
         """Evaluate the active rules for one occasion and plan the credit of what they award."""
         facts["member"] = member.facts()
         keys = {rule_id: (member.id, rule_id, engine.period_start(period, at) or LIFETIME)
@@ -261,7 +304,7 @@ class Earnings:
             counts[1] += used.points
             self._changed_usage.add(key)
         credits = [Credit(a.points, a.rule_name, a.rule_id, a.rule_version) for a in evaluation.awards]
-        plan = plan_credit(member.id, member.balance, credits, entry_type="earn", source_type=source_type,
+        plan = plan_credit(member.id, member.balance, credits, entry_type=entry_type, source_type=source_type,
                            source_id=source_id, occurred_at=at, program=self.program, now=self.now)
         if plan is not None:
             self._plans.append(plan)
@@ -272,7 +315,54 @@ class Earnings:
             if lot["status"] == "available" and lot["expires_at"] is not None and lot["remaining"]:
                 groups = member.expiry_groups
                 groups[lot["expires_at"]] = groups.get(lot["expires_at"], 0) + lot["remaining"]
+        self._climb(member, source_type=source_type, facts=facts, points=evaluation.points, at=at)
         return evaluation, plan
+
+    def _climb(self, member: MemberState, *, source_type: str, facts: dict, points: int, at: datetime) -> None:
+        """Upgrade the member at once (several ranks if need be) when its figure reaches a higher tier.
+
+        The new tier's multiplier applies to the member's later earnings in this unit of
+        work too. Only the review moves a member down.
+        """
+        if not self.ladder:
+            return
+        current = self.ladder.by_code.get(member.tier_code)
+        if not self.ladder.has_above(current):
+            return
+        figure = self._figures.get(member.id, 0)
+        if counts_towards_tier(self.program, source_type) and at > window_start(self.program, self.now):
+            figure += facts["purchase"]["total"] if self.program.tier_metric == "spend" else points
+            self._figures[member.id] = figure
+        target = self.ladder.upgrade_for(current, figure)
+        if target is None:
+            return
+        self._tier_changes.append(
+            (tier_change_row(member.id, current, target, UPGRADE, figure, self.program, self.now), target.id))
+        member.tier_code = target.code
+        member.tier_multiplier = _tier_multiplier(target.code, target.multiplier)
+
+    def complete_referral(self, member: MemberState, purchase: Mapping, at: datetime, transaction_id: str) -> None:
+        """Complete the member's pending referral when this purchase qualifies; award both sides.
+
+        The referee's first purchase of at least `min_purchase` within the window completes
+        it; `referral_completed` rules then run once per side with `referral.role`.
+        """
+        referral = self._referrals.get(member.id)
+        if (referral is None or purchase["total"] < self.program.referral_min_purchase
+                or at > referral.expires_at):
+            return
+        del self._referrals[member.id]
+        lots: dict[str, str | None] = {"referee": None, "referrer": None}
+        for role, state in (("referee", member), ("referrer", self.members.get(referral.referrer_id))):
+            if state is None or state.status != "active":
+                continue
+            self.load_usage([(state.id, "referral_completed", at)])
+            facts = {**purchase_facts(purchase, at), "referral": {"role": role}}
+            _, plan = self.earn(state, trigger="referral_completed", facts=facts, at=at, source_type="referral",
+                                source_id=referral.id, entry_type="referral")
+            lots[role] = plan.lot_id if plan else None
+        self._completions.append({"id": referral.id, "completed_at": self.now, "transaction_id": transaction_id,
+                                  "referee_lot_id": lots["referee"], "referrer_lot_id": lots["referrer"]})
 
     def balance_view(self, member: MemberState) -> dict:
         """Return the member's balance as it stands now in this unit of work."""
@@ -286,6 +376,9 @@ class Earnings:
         write_credits(self.session, self._plans)
         write_balances(self.session, {m: self.members[m].balance for m in self._changed_balances})
         write_last_activity(self.session, self._activity)
+        write_tier_changes(self.session, self._tier_changes)
+        write_completions(self.session, self._completions)
+        self._tier_changes, self._completions = [], []
         new_usage = [
             {"id": new_id(), "member_id": k[0], "rule_id": k[1], "period_start": k[2],
              "count": self._usage[k][0], "points": self._usage[k][1]}
@@ -394,7 +487,7 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
     if not to_earn:
         return results
     earnings = Earnings(session, program, now)
-    earnings.lock(data for _, data, _ in to_earn)
+    earnings.lock((data for _, data, _ in to_earn), referrals=True)
     earnings.load_usage((member.id, "purchase", data["occurred_at"]) for _, data, _ in to_earn
                         if (member := earnings.find(data)) is not None)
     rows = []
@@ -413,6 +506,7 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
         at = data["occurred_at"]
         evaluation, plan = earnings.earn(member, trigger="purchase", facts=purchase_facts(data, at), at=at,
                                          source_type="purchase", source_id=transaction_id)
+        earnings.complete_referral(member, data, at, transaction_id)
         purchase_id = new_id()
         response = {
             "id": purchase_id,
@@ -533,6 +627,8 @@ def create_refund(session: Session, transaction_id: str, data: Mapping, now: dat
             reversed_points += take
     purchase.refunded_amount = refunded
     purchase.reversed_points = owed
+    reverse_referral(session, program, transaction_id, purchase.total, refunded, purchase.occurred_at, balance,
+                     refund_id=data["refund_id"], now=now)
     refund_id = new_id()
     response = {
         "id": refund_id,
