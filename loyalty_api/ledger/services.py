@@ -135,39 +135,45 @@ def plan_credit(
     return CreditPlan(lot, entries)
 
 
+_lots = PointLot.__table__
+_entries = LedgerEntry.__table__
+_INSERT_LOTS = insert(_lots)
+_INSERT_ENTRIES = insert(_entries)
+_UPDATE_BALANCES = (
+    update(MemberBalance.__table__).where(MemberBalance.__table__.c.member_id == bindparam("b_member"))
+    .values(available=bindparam("b_available"), pending=bindparam("b_pending"),
+            lifetime_earned=bindparam("b_lifetime"), version=MemberBalance.__table__.c.version + 1)
+)
+_UPDATE_LAST_ACTIVITY = (
+    update(Member.__table__)
+    .where(Member.__table__.c.id == bindparam("b_member"),
+           (Member.__table__.c.last_activity_at.is_(None)) | (Member.__table__.c.last_activity_at < bindparam("b_at")))
+    .values(last_activity_at=bindparam("b_at"))
+)
+
+
 def write_credits(session: Session, plans: Iterable[CreditPlan | None]) -> None:
     """Insert the lots and entries of planned credits, each kind in one statement."""
     plans = [plan for plan in plans if plan is not None]
     if plans:
-        session.execute(insert(PointLot), [plan.lot for plan in plans])
-        session.execute(insert(LedgerEntry), [entry for plan in plans for entry in plan.entries])
+        connection = session.connection()
+        connection.execute(_INSERT_LOTS, [plan.lot for plan in plans])
+        connection.execute(_INSERT_ENTRIES, [entry for plan in plans for entry in plan.entries])
 
 
 def write_balances(session: Session, balances: Mapping[str, Balance]) -> None:
     """Store balances computed under the member lock (so the values are current)."""
-    if not balances:
-        return
-    table = MemberBalance.__table__
-    session.execute(
-        update(table).where(table.c.member_id == bindparam("b_member")).values(
-            available=bindparam("b_available"), pending=bindparam("b_pending"),
-            lifetime_earned=bindparam("b_lifetime"), version=table.c.version + 1),
-        [{"b_member": member_id, "b_available": b.available, "b_pending": b.pending,
-          "b_lifetime": b.lifetime_earned} for member_id, b in balances.items()],
-    )
+    if balances:
+        session.connection().execute(_UPDATE_BALANCES, [
+            {"b_member": member_id, "b_available": b.available, "b_pending": b.pending,
+             "b_lifetime": b.lifetime_earned} for member_id, b in balances.items()])
 
 
 def write_last_activity(session: Session, activity: Mapping[str, datetime]) -> None:
     """Move members' last activity (the inactivity-expiry clock) forward, never back."""
-    if not activity:
-        return
-    table = Member.__table__
-    session.execute(
-        update(table).where(table.c.id == bindparam("b_member"),
-                            (table.c.last_activity_at.is_(None)) | (table.c.last_activity_at < bindparam("b_at")))
-        .values(last_activity_at=bindparam("b_at")),
-        [{"b_member": member_id, "b_at": moment} for member_id, moment in activity.items()],
-    )
+    if activity:
+        session.connection().execute(_UPDATE_LAST_ACTIVITY, [
+            {"b_member": member_id, "b_at": moment} for member_id, moment in activity.items()])
 
 
 def credit_points(
@@ -380,6 +386,17 @@ def expiring_points(session: Session, member_id: str, balance: Balance, program:
     return expiring_view(groups, balance, program, last_activity)
 
 
+_grouped_expiries = (
+    select(_lots.c.member_id, _lots.c.expires_at, func.sum(_lots.c.remaining).label("points"),
+           func.row_number().over(partition_by=_lots.c.member_id, order_by=_lots.c.expires_at).label("position"))
+    .where(_lots.c.member_id.in_(bindparam("member_ids", expanding=True)), _lots.c.status == "available",
+           _lots.c.remaining > 0, _lots.c.expires_at.is_not(None))
+    .group_by(_lots.c.member_id, _lots.c.expires_at)
+    .subquery()
+)
+_EXPIRY_GROUPS = select(_grouped_expiries).where(_grouped_expiries.c.position <= EXPIRING_SHOWN)
+
+
 def load_expiry_groups(session: Session, member_ids: Sequence[str],
                        program: ProgramSettings) -> dict[str, dict[datetime, int]]:
     """Return, per member, its soonest expiry dates with the available points expiring then.
@@ -389,17 +406,8 @@ def load_expiry_groups(session: Session, member_ids: Sequence[str],
     """
     if program.expiry_mode != "fixed" or not member_ids:
         return {}
-    grouped = (
-        select(PointLot.member_id, PointLot.expires_at, func.sum(PointLot.remaining).label("points"),
-               func.row_number().over(partition_by=PointLot.member_id, order_by=PointLot.expires_at)
-               .label("position"))
-        .where(PointLot.member_id.in_(list(member_ids)), PointLot.status == "available",
-               PointLot.remaining > 0, PointLot.expires_at.is_not(None))
-        .group_by(PointLot.member_id, PointLot.expires_at)
-        .subquery()
-    )
     groups: dict[str, dict[datetime, int]] = {}
-    for row in session.execute(select(grouped).where(grouped.c.position <= EXPIRING_SHOWN)):
+    for row in session.connection().execute(_EXPIRY_GROUPS, {"member_ids": list(member_ids)}):
         groups.setdefault(row.member_id, {})[row.expires_at] = int(row.points)
     return groups
 

@@ -46,10 +46,13 @@ class ProgramSettings:
 _COLUMNS = [c for c in ProgramSettings.__dataclass_fields__]
 
 
+_READ_PROGRAM = select(*[Program.__table__.c[c] for c in _COLUMNS]).where(Program.__table__.c.id == PROGRAM_ID)
+
+
 def get_program(session: Session) -> ProgramSettings:
     """Return the program's settings."""
-    row = session.execute(select(*[getattr(Program, c) for c in _COLUMNS]).where(Program.id == PROGRAM_ID)).one()
-    return ProgramSettings(**row._asdict())
+    session.flush()  # the read below bypasses the session's autoflush
+    return ProgramSettings(**session.connection().execute(_READ_PROGRAM).one()._asdict())
 
 
 def update_program(session: Session, changes: dict, now: datetime) -> ProgramSettings:

@@ -137,6 +137,24 @@ class MemberState:
                              self.metadata)
 
 
+_members = Member.__table__
+_balances = MemberBalance.__table__
+_tiers = Tier.__table__
+# Built once: the purchase path runs these on every request, and building a statement
+# costs several times more than executing it.
+_READ_MEMBERS = (
+    select(_balances.c.member_id, _balances.c.available, _balances.c.pending, _balances.c.lifetime_earned,
+           _members.c.external_id, _members.c.status, _members.c.enrolled_at, _members.c.metadata,
+           _members.c.last_activity_at, _tiers.c.code, _tiers.c.multiplier)
+    .join(_members, _members.c.id == _balances.c.member_id)
+    .outerjoin(_tiers, _tiers.c.id == _members.c.tier_id)
+    .where(or_(_members.c.id.in_(bindparam("member_ids", expanding=True)),
+               _members.c.external_id.in_(bindparam("external_ids", expanding=True))))
+    .order_by(_balances.c.member_id)
+)
+_LOCK_MEMBERS = _READ_MEMBERS.with_for_update(of=_balances)
+
+
 def _read_members(session: Session, *, member_ids: Iterable[str] = (), external_ids: Iterable[str] = (),
                   lock: bool) -> dict[str, MemberState]:
     """Read members with balance and tier in one query; with `lock`, lock their balances.
@@ -144,25 +162,15 @@ def _read_members(session: Session, *, member_ids: Iterable[str] = (), external_
     Locks are taken in member id order, so two batches touching the same members never
     deadlock on each other.
     """
-    member_ids, external_ids = list(member_ids), list(external_ids)
-    query = (
-        select(MemberBalance.member_id, MemberBalance.available, MemberBalance.pending,
-               MemberBalance.lifetime_earned, Member.external_id, Member.status, Member.enrolled_at,
-               Member.metadata_, Member.last_activity_at, Tier.code, Tier.multiplier)
-        .join(Member, Member.id == MemberBalance.member_id)
-        .outerjoin(Tier, Tier.id == Member.tier_id)
-        .where(or_(Member.id.in_(member_ids), Member.external_id.in_(external_ids)))
-        .order_by(MemberBalance.member_id)
-    )
-    if lock:
-        query = query.with_for_update(of=MemberBalance)
+    rows = session.connection().execute(_LOCK_MEMBERS if lock else _READ_MEMBERS,
+                                        {"member_ids": list(member_ids), "external_ids": list(external_ids)})
     return {
         row.member_id: MemberState(
             id=row.member_id, external_id=row.external_id, status=row.status, enrolled_at=row.enrolled_at,
-            metadata=row.metadata_, last_activity_at=row.last_activity_at, tier_code=row.code,
+            metadata=row.metadata, last_activity_at=row.last_activity_at, tier_code=row.code,
             tier_multiplier=_tier_multiplier(row.code, row.multiplier),
             balance=Balance(row.available, row.pending, row.lifetime_earned))
-        for row in session.execute(query)
+        for row in rows
     }
 
 
@@ -189,6 +197,21 @@ def _check_occurred_at(occurred_at: datetime, now: datetime) -> None:
 
 # --- earning -------------------------------------------------------------------------------
 
+_usage = RuleUsage.__table__
+_READ_USAGE = (
+    select(_usage.c.member_id, _usage.c.rule_id, _usage.c.period_start, _usage.c.count, _usage.c.points)
+    .where(_usage.c.member_id.in_(bindparam("member_ids", expanding=True)),
+           _usage.c.rule_id.in_(bindparam("rule_ids", expanding=True)),
+           _usage.c.period_start.in_(bindparam("starts", expanding=True)))
+)
+_INSERT_USAGE = insert(_usage)
+_UPDATE_USAGE = (
+    update(_usage).where(_usage.c.member_id == bindparam("b_member"), _usage.c.rule_id == bindparam("b_rule"),
+                         _usage.c.period_start == bindparam("b_start"))
+    .values(count=bindparam("b_count"), points=bindparam("b_points"))
+)
+
+
 class Earnings:
     """Earning for a set of members in one unit of work.
 
@@ -200,6 +223,8 @@ class Earnings:
 
     def __init__(self, session: Session, program: ProgramSettings, now: datetime):
         self.session, self.program, self.now = session, program, now
+        # Reads below go straight to the connection (no autoflush): flush pending ORM work first.
+        session.flush()
         self.rule_set = current_rule_set(session, program)
         self.members: dict[str, MemberState] = {}
         self._by_external_id: dict[str, str] = {}
@@ -227,8 +252,8 @@ class Earnings:
         bodies = list(bodies)
         member_ids = {b["member_id"] for b in bodies if b.get("member_id") is not None}
         external_ids = {b["member_external_id"] for b in bodies if b.get("member_external_id") is not None}
-        if referrals:
-            member_ids |= set(referrers_of(self.session, member_ids, external_ids))
+        referrers = referrers_of(self.session, member_ids, external_ids) if referrals else []
+        member_ids |= set(referrers)
         states = _read_members(self.session, lock=True, member_ids=member_ids, external_ids=external_ids)
         self.members.update(states)
         self._by_external_id.update({state.external_id: state.id for state in states.values()})
@@ -236,7 +261,10 @@ class Earnings:
         for member_id, member_groups in groups.items():
             self.members[member_id].expiry_groups = member_groups
         self._load_tiers(states.values())
-        if referrals:
+        # A pending referral exists only from enrolment on, so when none was seen before the
+        # lock there is none to read again; when one was, re-read it under the lock (a
+        # concurrent purchase may have completed it meanwhile).
+        if referrers:
             self._referrals.update(pending_referrals(self.session, list(states)))
 
     def _load_tiers(self, states: Iterable[MemberState]) -> None:
@@ -278,10 +306,9 @@ class Earnings:
         wanted -= self._usage.keys()
         if not wanted:
             return
-        rows = self.session.execute(
-            select(RuleUsage.member_id, RuleUsage.rule_id, RuleUsage.period_start, RuleUsage.count, RuleUsage.points)
-            .where(RuleUsage.member_id.in_({k[0] for k in wanted}), RuleUsage.rule_id.in_({k[1] for k in wanted}),
-                   RuleUsage.period_start.in_({k[2] for k in wanted})))
+        rows = self.session.connection().execute(_READ_USAGE, {
+            "member_ids": list({k[0] for k in wanted}), "rule_ids": list({k[1] for k in wanted}),
+            "starts": list({k[2] for k in wanted})})
         for row in rows:
             key = (row.member_id, row.rule_id, row.period_start)
             if key in wanted:
@@ -384,17 +411,14 @@ class Earnings:
              "count": self._usage[k][0], "points": self._usage[k][1]}
             for k in sorted(self._changed_usage - self._stored_usage)
         ]
+        connection = self.session.connection()
         if new_usage:
-            self.session.execute(insert(RuleUsage), new_usage)
+            connection.execute(_INSERT_USAGE, new_usage)
         changed = sorted(self._changed_usage & self._stored_usage)
         if changed:
-            table = RuleUsage.__table__
-            self.session.execute(
-                update(table).where(table.c.member_id == bindparam("b_member"), table.c.rule_id == bindparam("b_rule"),
-                                    table.c.period_start == bindparam("b_start"))
-                .values(count=bindparam("b_count"), points=bindparam("b_points")),
-                [{"b_member": k[0], "b_rule": k[1], "b_start": k[2], "b_count": self._usage[k][0],
-                  "b_points": self._usage[k][1]} for k in changed])
+            connection.execute(_UPDATE_USAGE, [
+                {"b_member": k[0], "b_rule": k[1], "b_start": k[2], "b_count": self._usage[k][0],
+                 "b_points": self._usage[k][1]} for k in changed])
         self._plans, self._changed_balances, self._activity = [], set(), {}
         self._stored_usage |= self._changed_usage
         self._changed_usage = set()
@@ -521,7 +545,7 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
             "id": purchase_id, "transaction_id": transaction_id, "member_id": member.id, "occurred_at": at,
             "currency": data["currency"], "total": data["total"], "channel": data.get("channel"),
             "store_id": data.get("store_id"), "items": _stored_items(data.get("items")),
-            "metadata_": data.get("metadata"), "points": evaluation.points,
+            "metadata": data.get("metadata"), "points": evaluation.points,
             "lot_id": plan.lot_id if plan else None, "refunded_amount": 0, "reversed_points": 0,
             "request_hash": body_hash, "response": response, "created_at": now,
         })
@@ -529,15 +553,20 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
         results[index] = Outcome(response)
     earnings.write()
     if rows:
-        session.execute(insert(Purchase), rows)
+        session.connection().execute(_INSERT_PURCHASES, rows)
     return results
+
+
+_purchases = Purchase.__table__
+_INSERT_PURCHASES = insert(_purchases)
+_STORED_PURCHASES = select(_purchases.c.transaction_id, _purchases.c.request_hash, _purchases.c.response).where(
+    _purchases.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)))
 
 
 def _stored_purchases(session: Session, transaction_ids: set[str]) -> dict[str, tuple[str, dict]]:
     if not transaction_ids:
         return {}
-    rows = session.execute(select(Purchase.transaction_id, Purchase.request_hash, Purchase.response)
-                           .where(Purchase.transaction_id.in_(transaction_ids)))
+    rows = session.connection().execute(_STORED_PURCHASES, {"transaction_ids": list(transaction_ids)})
     return {row.transaction_id: (row.request_hash, row.response) for row in rows}
 
 

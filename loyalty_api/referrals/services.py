@@ -76,14 +76,28 @@ class PendingReferral:
     expires_at: datetime
 
 
+_referrals = Referral.__table__
+_members = Member.__table__
+# The purchase path runs these on every request: built once.
+_PENDING_REFERRERS = (
+    select(_referrals.c.referrer_id)
+    .join(_members, _members.c.id == _referrals.c.referee_id)
+    .where(_referrals.c.status == PENDING,
+           _members.c.id.in_(bindparam("member_ids", expanding=True))
+           | _members.c.external_id.in_(bindparam("external_ids", expanding=True)))
+)
+_PENDING_REFERRALS = select(_referrals.c.id, _referrals.c.referrer_id, _referrals.c.referee_id,
+                            _referrals.c.expires_at).where(
+    _referrals.c.status == PENDING, _referrals.c.referee_id.in_(bindparam("referee_ids", expanding=True)))
+
+
 def referrers_of(session: Session, member_ids: Iterable[str], external_ids: Iterable[str]) -> list[str]:
     """Return the referrers of the given members' pending referrals (read before locking them)."""
     member_ids, external_ids = list(member_ids), list(external_ids)
     if not member_ids and not external_ids:
         return []
-    referees = select(Member.id).where(Member.id.in_(member_ids) | Member.external_id.in_(external_ids))
-    return list(session.execute(select(Referral.referrer_id).where(
-        Referral.status == PENDING, Referral.referee_id.in_(referees))).scalars())
+    rows = session.connection().execute(_PENDING_REFERRERS, {"member_ids": member_ids, "external_ids": external_ids})
+    return [row.referrer_id for row in rows]
 
 
 def pending_referrals(session: Session, referee_ids: Iterable[str]) -> dict[str, PendingReferral]:
@@ -91,8 +105,7 @@ def pending_referrals(session: Session, referee_ids: Iterable[str]) -> dict[str,
     referee_ids = list(referee_ids)
     if not referee_ids:
         return {}
-    rows = session.execute(select(Referral.id, Referral.referrer_id, Referral.referee_id, Referral.expires_at)
-                           .where(Referral.status == PENDING, Referral.referee_id.in_(referee_ids)))
+    rows = session.connection().execute(_PENDING_REFERRALS, {"referee_ids": referee_ids})
     return {row.referee_id: PendingReferral(row.id, row.referrer_id, row.referee_id, row.expires_at)
             for row in rows}
 
