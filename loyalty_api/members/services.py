@@ -1,18 +1,21 @@
 """Members: enrolment, profile, status and erasure."""
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, or_, select
 from sqlalchemy.orm import Session
 
 from ..errors import DomainError, MemberExists, MemberNotActive, NotFound
 from ..ids import new_id
-from ..ledger.services import balance_view, lock_balance, read_balance
+from ..ledger.services import Balance, balance_view, lock_balance, read_balance
 from ..pagination import Page, decode_cursor, encode_cursor
 from ..program.services import ProgramSettings, get_program
 from ..tiers.models import Tier
+from ..timeutil import isoformat
 from .models import Member, MemberBalance
 
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread
@@ -133,3 +136,76 @@ def erase_member(session: Session, member_id: str, now: datetime) -> None:
     member.status = "erased"
     member.erased_at = member.erased_at or now
     session.flush()
+
+
+# --- members as earning and burning see them ------------------------------------------
+
+def member_facts(tier_code: str | None, enrolled_at: datetime, lifetime_earned: int, status: str,
+                 metadata: Mapping | None) -> dict:
+    """Return the `member` facts rules see."""
+    return {"tier": tier_code, "enrolled_at": isoformat(enrolled_at), "lifetime_earned": lifetime_earned,
+            "status": status, "metadata": dict(metadata or {})}
+
+
+def multiplier_of_tier(code: str | None, factor) -> tuple[str, Decimal] | None:
+    """Return the (tier code, factor) the engine takes, or None when the tier multiplies nothing."""
+    if code is None or factor is None or Decimal(factor) <= 1:
+        return None
+    return code, Decimal(factor)
+
+
+@dataclass
+class MemberState:
+    """A member as one unit of work sees it: facts, the balance it holds locked, expiries."""
+
+    id: str
+    external_id: str
+    status: str
+    enrolled_at: datetime
+    metadata: dict | None
+    last_activity_at: datetime | None
+    tier_code: str | None
+    tier_multiplier: tuple[str, Decimal] | None
+    balance: Balance
+    expiry_groups: dict[datetime, int] = field(default_factory=dict)
+
+    def facts(self) -> dict:
+        return member_facts(self.tier_code, self.enrolled_at, self.balance.lifetime_earned, self.status,
+                             self.metadata)
+
+
+_members = Member.__table__
+_balances = MemberBalance.__table__
+_tiers = Tier.__table__
+# Built once: the purchase path runs these on every request, and building a statement
+# costs several times more than executing it.
+_READ_MEMBERS = (
+    select(_balances.c.member_id, _balances.c.available, _balances.c.pending, _balances.c.lifetime_earned,
+           _members.c.external_id, _members.c.status, _members.c.enrolled_at, _members.c.metadata,
+           _members.c.last_activity_at, _tiers.c.code, _tiers.c.multiplier)
+    .join(_members, _members.c.id == _balances.c.member_id)
+    .outerjoin(_tiers, _tiers.c.id == _members.c.tier_id)
+    .where(or_(_members.c.id.in_(bindparam("member_ids", expanding=True)),
+               _members.c.external_id.in_(bindparam("external_ids", expanding=True))))
+    .order_by(_balances.c.member_id)
+)
+_LOCK_MEMBERS = _READ_MEMBERS.with_for_update(of=_balances)
+
+
+def read_members(session: Session, *, member_ids: Iterable[str] = (), external_ids: Iterable[str] = (),
+                  lock: bool) -> dict[str, MemberState]:
+    """Read members with balance and tier in one query; with `lock`, lock their balances (first).
+
+    Locks are taken in member id order, so two batches touching the same members never
+    deadlock on each other.
+    """
+    rows = session.connection().execute(_LOCK_MEMBERS if lock else _READ_MEMBERS,
+                                        {"member_ids": list(member_ids), "external_ids": list(external_ids)})
+    return {
+        row.member_id: MemberState(
+            id=row.member_id, external_id=row.external_id, status=row.status, enrolled_at=row.enrolled_at,
+            metadata=row.metadata, last_activity_at=row.last_activity_at, tier_code=row.code,
+            tier_multiplier=multiplier_of_tier(row.code, row.multiplier),
+            balance=Balance(row.available, row.pending, row.lifetime_earned))
+        for row in rows
+    }

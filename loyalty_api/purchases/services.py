@@ -1,11 +1,10 @@
 """Earning: purchases, refunds and custom events, evaluated by the rules engine."""
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 import rules as engine
@@ -23,7 +22,6 @@ from ..idempotency import Outcome, replay, request_hash
 from ..ids import new_id
 from ..ledger.models import RuleUsage
 from ..ledger.services import (
-    Balance,
     Credit,
     CreditPlan,
     balance_view,
@@ -37,7 +35,7 @@ from ..ledger.services import (
     write_credits,
     write_last_activity,
 )
-from ..members.models import Member, MemberBalance
+from ..members.services import MemberState, member_facts, multiplier_of_tier, read_members
 from ..program.services import ProgramSettings, get_program
 from ..referrals.services import (
     PendingReferral,
@@ -88,16 +86,10 @@ def event_facts(event: Mapping, at: datetime) -> dict:
     return {"event": {"type": event["type"], "attributes": event.get("attributes") or {}}, "now": isoformat(at)}
 
 
-def _member_facts(tier_code: str | None, enrolled_at: datetime, lifetime_earned: int, status: str,
-                  metadata: Mapping | None) -> dict:
-    return {"tier": tier_code, "enrolled_at": isoformat(enrolled_at), "lifetime_earned": lifetime_earned,
-            "status": status, "metadata": dict(metadata or {})}
-
-
 def member_facts_for(session: Session, member_id: str | None, member: Mapping | None):
     """Return (member facts, tier multiplier) for a stored member or a described one (simulation)."""
     if member_id is not None:
-        states = _read_members(session, member_ids=[member_id], lock=False)
+        states = read_members(session, member_ids=[member_id], lock=False)
         if member_id not in states:
             raise ValidationFailed("no such member", {"member_id": ["no member has this id"]})
         return states[member_id].facts(), states[member_id].tier_multiplier
@@ -105,73 +97,10 @@ def member_facts_for(session: Session, member_id: str | None, member: Mapping | 
     tier_code, multiplier = member.get("tier"), None
     if tier_code:
         factor = session.execute(select(Tier.multiplier).where(Tier.code == tier_code)).scalar()
-        multiplier = _tier_multiplier(tier_code, factor)
-    facts = _member_facts(tier_code, member.get("enrolled_at") or LIFETIME, member.get("lifetime_earned", 0),
+        multiplier = multiplier_of_tier(tier_code, factor)
+    facts = member_facts(tier_code, member.get("enrolled_at") or LIFETIME, member.get("lifetime_earned", 0),
                           member.get("status", "active"), member.get("metadata"))
     return facts, multiplier
-
-
-def _tier_multiplier(code: str | None, factor) -> tuple[str, Decimal] | None:
-    if code is None or factor is None or Decimal(factor) <= 1:
-        return None
-    return code, Decimal(factor)
-
-
-@dataclass
-class MemberState:
-    """A member as one unit of work sees it: facts, the balance it holds locked, expiries."""
-
-    id: str
-    external_id: str
-    status: str
-    enrolled_at: datetime
-    metadata: dict | None
-    last_activity_at: datetime | None
-    tier_code: str | None
-    tier_multiplier: tuple[str, Decimal] | None
-    balance: Balance
-    expiry_groups: dict[datetime, int] = field(default_factory=dict)
-
-    def facts(self) -> dict:
-        return _member_facts(self.tier_code, self.enrolled_at, self.balance.lifetime_earned, self.status,
-                             self.metadata)
-
-
-_members = Member.__table__
-_balances = MemberBalance.__table__
-_tiers = Tier.__table__
-# Built once: the purchase path runs these on every request, and building a statement
-# costs several times more than executing it.
-_READ_MEMBERS = (
-    select(_balances.c.member_id, _balances.c.available, _balances.c.pending, _balances.c.lifetime_earned,
-           _members.c.external_id, _members.c.status, _members.c.enrolled_at, _members.c.metadata,
-           _members.c.last_activity_at, _tiers.c.code, _tiers.c.multiplier)
-    .join(_members, _members.c.id == _balances.c.member_id)
-    .outerjoin(_tiers, _tiers.c.id == _members.c.tier_id)
-    .where(or_(_members.c.id.in_(bindparam("member_ids", expanding=True)),
-               _members.c.external_id.in_(bindparam("external_ids", expanding=True))))
-    .order_by(_balances.c.member_id)
-)
-_LOCK_MEMBERS = _READ_MEMBERS.with_for_update(of=_balances)
-
-
-def _read_members(session: Session, *, member_ids: Iterable[str] = (), external_ids: Iterable[str] = (),
-                  lock: bool) -> dict[str, MemberState]:
-    """Read members with balance and tier in one query; with `lock`, lock their balances.
-
-    Locks are taken in member id order, so two batches touching the same members never
-    deadlock on each other.
-    """
-    rows = session.connection().execute(_LOCK_MEMBERS if lock else _READ_MEMBERS,
-                                        {"member_ids": list(member_ids), "external_ids": list(external_ids)})
-    return {
-        row.member_id: MemberState(
-            id=row.member_id, external_id=row.external_id, status=row.status, enrolled_at=row.enrolled_at,
-            metadata=row.metadata, last_activity_at=row.last_activity_at, tier_code=row.code,
-            tier_multiplier=_tier_multiplier(row.code, row.multiplier),
-            balance=Balance(row.available, row.pending, row.lifetime_earned))
-        for row in rows
-    }
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -254,7 +183,7 @@ class Earnings:
         external_ids = {b["member_external_id"] for b in bodies if b.get("member_external_id") is not None}
         referrers = referrers_of(self.session, member_ids, external_ids) if referrals else []
         member_ids |= set(referrers)
-        states = _read_members(self.session, lock=True, member_ids=member_ids, external_ids=external_ids)
+        states = read_members(self.session, lock=True, member_ids=member_ids, external_ids=external_ids)
         self.members.update(states)
         self._by_external_id.update({state.external_id: state.id for state in states.values()})
         groups = load_expiry_groups(self.session, list(states), self.program)
@@ -366,7 +295,7 @@ class Earnings:
         self._tier_changes.append(
             (tier_change_row(member.id, current, target, UPGRADE, figure, self.program, self.now), target.id))
         member.tier_code = target.code
-        member.tier_multiplier = _tier_multiplier(target.code, target.multiplier)
+        member.tier_multiplier = multiplier_of_tier(target.code, target.multiplier)
 
     def complete_referral(self, member: MemberState, purchase: Mapping, at: datetime, transaction_id: str) -> None:
         """Complete the member's pending referral when this purchase qualifies; award both sides.

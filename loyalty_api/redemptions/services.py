@@ -1,7 +1,6 @@
 """Burning points: quotes, redemptions by points or for a reward, and their cancellation."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import insert, select
@@ -22,18 +21,16 @@ from ..errors import (
 from ..idempotency import Outcome, replay, request_hash
 from ..ids import new_id
 from ..ledger.services import (
-    Balance,
     balance_view,
     debit_points,
     lock_balance,
     restore_allocations,
     write_last_activity,
 )
-from ..members.models import Member, MemberBalance
+from ..members.services import MemberState, read_members
 from ..program.services import ProgramSettings, get_program
 from ..rewards.services import offered_reward, release_reward, take_stock
 from ..rules_admin.services import current_rule_set
-from ..tiers.models import Tier
 from ..timeutil import isoformat
 from .models import Redemption
 
@@ -47,43 +44,24 @@ _REFUSALS: dict[str, tuple[type[DomainError], str | None]] = {
 }
 
 
-@dataclass(frozen=True)
-class BurningMember:
-    """What a redemption needs to know of a member: its tier and the facts burn rules see."""
+def load_burning_member(session: Session, member_id: str, *, lock: bool) -> MemberState:
+    """Read the member with balance and tier in one query; with `lock`, lock its balance row.
 
-    id: str
-    tier_code: str | None
-    facts: dict
-
-
-def load_burning_member(session: Session, member_id: str, *, lock: bool) -> tuple[Balance, BurningMember]:
-    """Read the member's balance, status and tier in one query; with `lock`, lock the balance row.
-
-    Locking here is `lock_balance` with the member read folded in: one round trip less
-    while the lock is held. Raises NotFound, or MemberNotActive when suspended or erased.
+    Raises NotFound, or MemberNotActive when suspended or erased.
     """
-    query = (
-        select(MemberBalance.available, MemberBalance.pending, MemberBalance.lifetime_earned,
-               Member.status, Member.enrolled_at, Member.metadata_, Tier.code)
-        .join(Member, Member.id == MemberBalance.member_id)
-        .outerjoin(Tier, Tier.id == Member.tier_id)
-        .where(MemberBalance.member_id == member_id)
-    )
-    row = session.execute(query.with_for_update(of=MemberBalance) if lock else query).first()
-    if row is None:
+    member = read_members(session, member_ids=[member_id], lock=lock).get(member_id)
+    if member is None:
         raise NotFound("No such member")
-    if row.status != "active":
+    if member.status != "active":
         raise MemberNotActive()
-    facts = {"tier": row.code, "enrolled_at": isoformat(row.enrolled_at), "lifetime_earned": row.lifetime_earned,
-             "status": row.status, "metadata": dict(row.metadata_ or {})}
-    return Balance(row.available, row.pending, row.lifetime_earned), BurningMember(member_id, row.code, facts)
+    return member
 
 
-def burn_facts(member: BurningMember, program: ProgramSettings, order_total: int | None,
+def burn_facts(member: MemberState, program: ProgramSettings, order_total: int | None,
                channel: str | None, at: datetime) -> dict:
     """Return what a burn rule's conditions see: the order as `purchase`, the member, `now`."""
     return {"purchase": {"total": order_total, "currency": program.currency, "channel": channel},
-            "member": member.facts, "now": isoformat(at)}
+            "member": member.facts(), "now": isoformat(at)}
 
 
 def _refusal(err: engine.BurnRefused) -> DomainError:
@@ -97,7 +75,8 @@ def quote_redemption(session: Session, member_id: str, data: Mapping, now: datet
     Only available points count (pending ones are never spent); 0 when no burn rule applies.
     """
     program = get_program(session)
-    balance, member = load_burning_member(session, member_id, lock=False)
+    member = load_burning_member(session, member_id, lock=False)
+    balance = member.balance
     facts = burn_facts(member, program, data["order_total"], data.get("channel"), now)
     quote = engine.price_redemption(current_rule_set(session, program), facts, at=now,
                                     available=balance.available, order_total=data["order_total"])
@@ -118,7 +97,8 @@ def create_redemption(session: Session, member_id: str, data: Mapping, now: date
         return replay(existing.request_hash, existing.response, body_hash, data["redemption_id"])
     program = get_program(session)
     # The member's balance row is locked first: concurrent writes for the member queue here.
-    balance, member = load_burning_member(session, member_id, lock=True)
+    member = load_burning_member(session, member_id, lock=True)
+    balance = member.balance
     redemption_id = new_id()
     reward = None
     if data.get("reward_id") is not None:
