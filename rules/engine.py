@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import operator
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from functools import lru_cache
+from itertools import compress
 from math import lcm
 from typing import Any
 
@@ -18,7 +19,14 @@ from .effects import (
     order_share_cap,
     redemption_value,
 )
-from .jsonlogic import less_equal, less_than, loose_equals, strict_equals
+from .jsonlogic import (
+    FACT_SCHEMA,
+    compile_selector,
+    less_equal,
+    less_than,
+    loose_equals,
+    strict_equals,
+)
 from .model import (
     PERIODS,
     Award,
@@ -28,6 +36,7 @@ from .model import (
     EarnLimits,
     Evaluation,
     Fixed,
+    LazyEvaluation,
     Multiplier,
     PerAmount,
     PerItem,
@@ -40,7 +49,10 @@ from .model import (
 from .parse import exact_number
 
 _FIXED, _PER_AMOUNT, _PER_ITEM, _MULTIPLIER, _CONVERSION = range(5)
+# One entry per rule of an evaluation's record: points ≥ 0 when the rule matched, else one
+# of these codes (the index of its reason in _REASONS, negated).
 _REASONS = (
+    None,
     "inactive",
     "outside_window",
     "condition_false",
@@ -48,6 +60,7 @@ _REASONS = (
     "limit_reached",
     "excluded",
 )
+_INACTIVE, _OUTSIDE, _CONDITION_FALSE, _NO_MATCH, _LIMIT, _EXCLUDED = range(-1, -7, -1)
 _NO_USAGE: Mapping[str, Usage] = {}
 
 
@@ -57,10 +70,9 @@ class _Plan:
     __slots__ = (
         "rule", "rule_id", "active", "archived", "priority", "exclusive", "starts_at", "ends_at",
         "condition", "item_filter", "filter_key", "code", "points", "per", "rounding", "factor",
-        "per_event", "limit_count", "limit_points", "limited", "outcomes", "matched_zero",
-        "version", "name", "column", "fixed_award", "fixed_outcome", "fixed_usage",
-        "amount_mul", "amount_add", "amount_div", "in_basket", "outcome_fields", "award_fields",
-        "shared_condition",
+        "per_event", "limit_count", "limit_points", "limited", "_outcomes",
+        "version", "name", "column", "amount_mul", "amount_add", "amount_div", "cut",
+        "gated", "mask_of", "outcome_fields", "award_fields",
     )
 
     def __init__(self, rule: Rule) -> None:
@@ -69,15 +81,21 @@ class _Plan:
         self.version = rule.version
         self.name = rule.name
         self.column = rule.item_filter_column
+        if self.column is not None and self.column[1] == "in":
+            field, op, texts = self.column
+            self.column = (field, op, tuple(dict.fromkeys(texts)))
         self.active = rule.status == "active"
         self.archived = rule.status == "archived"
         self.priority = rule.priority
         self.exclusive = rule.exclusive
         self.starts_at = rule.starts_at
         self.ends_at = rule.ends_at
+        self.gated = not self.active or self.starts_at is not None or self.ends_at is not None
         self.condition = rule.condition_fn
         self.item_filter = rule.item_filter_fn
-        self.filter_key = rule.item_filter_key
+        self.filter_key = None
+        if rule.item_filter_fn is not None:
+            self.filter_key = rule.item_filter_key or f"#{rule.id}"
         effect = rule.effect
         self.points = getattr(effect, "points", 0)
         self.per = self.rounding = self.factor = None
@@ -102,7 +120,6 @@ class _Plan:
             self.amount_mul = self.points * scale
             self.amount_div = self.per * scale
             self.amount_add = {"floor": 0, "ceil": self.per - 1, "round": self.per}[self.rounding]
-        self.in_basket = self.code in (_PER_AMOUNT, _PER_ITEM)
         limits = rule.limits
         self.per_event = self.limit_count = self.limit_points = None
         if isinstance(limits, EarnLimits):
@@ -111,44 +128,109 @@ class _Plan:
                 self.limit_count = limits.per_member.count
                 self.limit_points = limits.per_member.points
         self.limited = self.limit_count is not None or self.limit_points is not None
-        # Outcomes that do not depend on the facts are built once and shared: they are frozen.
-        self.outcomes = {
-            reason: RuleOutcome(rule.id, rule.version, rule.name, False, 0, reason)
-            for reason in _REASONS
-        }
-        self.matched_zero = RuleOutcome(rule.id, rule.version, rule.name, True, 0, None)
-        self.outcome_fields = dict(self.matched_zero.__dict__)
+        # Outcomes that do not depend on the facts, built when first needed and then shared:
+        # they are frozen.
+        self._outcomes: tuple[RuleOutcome, ...] | None = None
+        self.outcome_fields = {"rule_id": rule.id, "rule_version": rule.version,
+                               "rule_name": rule.name, "matched": True, "points": 0,
+                               "reason": None}
         self.award_fields = {"rule_id": rule.id, "rule_version": rule.version,
                              "rule_name": rule.name, "points": 0, "kind": "rule"}
-        # A fixed bonus is the same award every time it is not capped.
-        self.fixed_award = self.fixed_outcome = self.fixed_usage = None
-        if self.code == _FIXED and self.points and (
-            self.per_event is None or self.per_event >= self.points
-        ):
-            self.fixed_award = Award(rule.id, rule.version, rule.name, self.points)
-            self.fixed_outcome = RuleOutcome(rule.id, rule.version, rule.name, True, self.points)
-            self.fixed_usage = Usage(1, self.points)
-        # Set by the RuleSet when another rule of the trigger has the same conditions.
-        self.shared_condition: str | None = None
+        # Set by the RuleSet: the position of the first rule of lower priority.
+        self.cut = 0
+        self.mask_of = _mask_function(self) if self.filter_key is not None else None
 
-    def make_row(self) -> tuple[Any, ...]:
-        """Return what the evaluation loop reads for every rule, unpacked in one step."""
-        gated = not self.active or self.starts_at is not None or self.ends_at is not None
-        return (
-            self, gated, self.priority, self.exclusive, self.condition, self.shared_condition,
-            self.item_filter, self.limited, self.code, self.per_event,
-            self.outcomes["condition_false"],
-        )
+    @property
+    def outcomes(self) -> tuple[RuleOutcome, ...]:
+        """Return the outcomes of this rule that carry no points, indexed like _REASONS."""
+        outcomes = self._outcomes
+        if outcomes is None:
+            rule = self.rule
+            outcomes = self._outcomes = tuple(
+                RuleOutcome(rule.id, rule.version, rule.name, reason is None, 0, reason)
+                for reason in _REASONS
+            )
+        return outcomes
+
+    def outcome(self, entry: int) -> RuleOutcome:
+        """Return the outcome a record entry stands for."""
+        if entry <= 0:
+            return (self._outcomes or self.outcomes)[-entry]
+        # Frozen dataclasses filled through their __dict__: half the cost of __init__.
+        outcome = _new(RuleOutcome)
+        fields = outcome.__dict__
+        fields.update(self.outcome_fields)
+        fields["points"] = entry
+        return outcome
+
+    def award(self, points: int) -> Award:
+        """Return the award of `points` (> 0) this rule gave."""
+        award = _new(Award)
+        fields = award.__dict__
+        fields.update(self.award_fields)
+        fields["points"] = points
+        return award
 
 
 def _order(rule: Rule) -> tuple[int, str]:
     return (-rule.priority, rule.id)
 
 
+class _Trigger:
+    """The rules of one trigger, compiled for evaluation.
+
+    `select` computes, in one generated function, which rules must be looked at: those whose
+    conditions hold, plus every rule with a status or window to check or a condition that is
+    run on its own. The others keep "condition_false" without a step of the loop. `rows` are
+    what the loop reads for each rule, in one unpacking.
+    """
+
+    __slots__ = ("plans", "rows", "select", "size", "scaled", "inactive", "inactive_archived",
+                 "items")
+
+    def __init__(self, plans: tuple[_Plan, ...]) -> None:
+        self.plans = plans
+        self.size = len(plans)
+        cut = len(plans)
+        for index in range(len(plans) - 1, -1, -1):
+            plan = plans[index]
+            if index + 1 < len(plans) and plans[index + 1].priority < plan.priority:
+                cut = index + 1
+            plan.cut = cut
+        entries: list[tuple[str, Any] | None] = []
+        for index, plan in enumerate(plans):
+            rule = plan.rule
+            if plan.gated or rule.conditions is None or plan.condition is None:
+                entries.append(None)
+            else:
+                entries.append((rule.condition_key or f"#{index}", rule.conditions))
+        self.select, failed = compile_selector(entries, FACT_SCHEMA)
+        rows = []
+        for index, plan in enumerate(plans):
+            # A rule whose conditions are not in `select` checks them in the loop.
+            checked = plan.gated or (
+                plan.condition is not None and (entries[index] is None or index in failed))
+            if plan.code == _PER_AMOUNT:
+                effect = (plan.amount_mul, plan.amount_add, plan.amount_div)
+            else:
+                effect = (plan.points, 0, 1)
+            rows.append((index, plan, checked, plan.code, plan.filter_key,
+                         plan.limited or plan.exclusive,
+                         plan.per_event, *effect))
+        self.rows = tuple(rows)
+        # Only a multiplier with an item filter needs to know which items earned the base.
+        self.scaled = any(p.code == _MULTIPLIER and p.filter_key is not None for p in plans)
+        # Whether evaluations read the purchase's items (a filter, or points per amount or unit).
+        self.items = any(p.filter_key is not None or p.code in (_PER_AMOUNT, _PER_ITEM)
+                         for p in plans)
+        self.inactive = frozenset(i for i, plan in enumerate(plans) if not plan.active)
+        self.inactive_archived = frozenset(i for i, plan in enumerate(plans) if plan.archived)
+
+
 class RuleSet:
     """Compiled rules indexed by trigger, each trigger's rules by priority desc then id asc."""
 
-    __slots__ = ("_rules", "_by_trigger", "_plans", "_rows", "_limited", "_filtered_multipliers")
+    __slots__ = ("_rules", "_by_trigger", "_plans", "_triggers", "_limited")
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         ordered = tuple(sorted(rules, key=_order))
@@ -161,20 +243,10 @@ class RuleSet:
             trigger: tuple(_Plan(rule) for rule in rules)
             for trigger, rules in self._by_trigger.items()
         }
-        for plans in self._plans.values():
-            counts = Counter(plan.rule.condition_key for plan in plans)
-            for plan in plans:
-                if plan.rule.condition_key is not None and counts[plan.rule.condition_key] > 1:
-                    plan.shared_condition = plan.rule.condition_key
-        self._rows = {
-            trigger: tuple(plan.make_row() for plan in plans)
+        self._triggers = {
+            trigger: _Trigger(plans)
             for trigger, plans in self._plans.items()
         }
-        self._filtered_multipliers = frozenset(
-            rule.trigger
-            for rule in ordered
-            if isinstance(rule.effect, Multiplier) and rule.item_filter is not None
-        )
         self._limited = {
             trigger: tuple(
                 (rule.id, rule.limits.per_member.period)
@@ -269,138 +341,298 @@ def _int(value: Any) -> int:
 class _Basket:
     """The purchase's items as effects see them; each item filter runs once per item."""
 
-    __slots__ = ("context", "total", "items", "amounts", "units", "all", "_masks", "_sums",
-                 "_item_context", "_columns", "_indexes")
+    __slots__ = ("context", "total", "items", "amounts", "units", "all", "masks", "known_sums",
+                 "all_units", "_item_context", "_columns", "_numeric", "_field_values")
 
     def __init__(self, context: dict[str, Any]) -> None:
         self.context = context
         purchase = context.get("purchase")
-        if not isinstance(purchase, Mapping):
+        if purchase.__class__ is not dict and not isinstance(purchase, Mapping):
             purchase = {}
-        self.total = _int(purchase.get("total"))
+        total = purchase.get("total")
+        self.total = total if total.__class__ is int else 0
         items = purchase.get("items")
         self.items = items if isinstance(items, list) else []
         amounts = []
         units = []
+        raw_amounts: list[Any] = []
         for item in self.items:
-            if isinstance(item, Mapping):
-                quantity = _int(item.get("quantity"))
-                amount = item.get("amount")
+            if item.__class__ is dict or isinstance(item, Mapping):
+                quantity = item.get("quantity")
+                if quantity.__class__ is not int:
+                    quantity = 0
+                amount = raw = item.get("amount")
                 if amount.__class__ is not int:
                     amount = quantity * _int(item.get("unit_price"))
             else:
                 quantity = amount = 0
+                raw = None
+            raw_amounts.append(raw)
             amounts.append(amount)
             units.append(quantity)
         self.amounts = amounts
         self.units = units
         self.all = (1 << len(self.items)) - 1
-        self._masks: dict[str, int] = {}
-        self._sums: dict[int, tuple[int, int]] = {self.all: (sum(amounts), sum(units))}
+        self.masks: dict[str, int] = {}
+        self.all_units = sum(units)
+        self.known_sums: dict[int, tuple[int, int]] = {self.all: (sum(amounts), self.all_units)}
         self._item_context: dict[str, Any] | None = None
-        self._indexes: dict[int, list[int]] = {}
-        self._columns: dict[str, tuple[list[Any], dict[str, int], list[tuple[int, Any]]]] = {}
+        self._columns: dict[str, tuple[list[Any], dict[str, list[int]], list[tuple[int, Any]]]] = {}
+        self._numeric: dict[str, Any] = {}
+        self._field_values: dict[str, list[Any]] = {"amount": raw_amounts}
 
     def mask(self, plan: _Plan) -> int:
-        """Return the bit mask of the items the plan's item filter accepts."""
-        mask = self._masks.get(plan.filter_key)
-        if mask is None:
-            if plan.column is not None:
-                mask = self._column_mask(*plan.column)
+        """Return the bit mask of the items the plan's item filter accepts.
+
+        Its (amount, units) are recorded on the way, so `sums` of it costs nothing.
+        """
+        amounts, units = self.amounts, self.units
+        column = plan.column
+        if column is not None:
+            field, op, constant = column
+            if op == "in":
+                # Array membership is strict equality: only string values can equal the
+                # constants (distinct ones: the plan removes repeated constants).
+                index = (self._columns.get(field) or self._column(field))[1]
+                mask = amount = count = 0
+                for text in constant:
+                    entry = index.get(text)
+                    if entry is not None:
+                        mask |= entry[0]
+                        amount += entry[1]
+                        count += entry[2]
             else:
-                item_filter = plan.item_filter
-                context = self._item_context
-                if context is None:
-                    context = self._item_context = dict(self.context)
-                mask = 0
-                bit = 1
-                for item in self.items:
-                    context["item"] = item
-                    if item_filter(context):
-                        mask |= bit
-                    bit <<= 1
-            self._masks[plan.filter_key] = mask
+                mask, amount, count = self._column_mask(field, op, constant)
+        else:
+            item_filter = plan.item_filter
+            context = self._item_context
+            if context is None:
+                context = self._item_context = dict(self.context)
+            mask = amount = count = 0
+            for index, item in enumerate(self.items):
+                context["item"] = item
+                if item_filter(context):
+                    mask |= 1 << index
+                    amount += amounts[index]
+                    count += units[index]
+        if mask not in self.known_sums:
+            self.known_sums[mask] = (amount, count)
         return mask
 
-    def _column(self, field: str) -> tuple[list[Any], dict[str, int], list[tuple[int, Any]]]:
-        """Return the field's values, the mask of each string value, and the other values."""
+    def _values(self, field: str) -> list[Any]:
+        """Return each item's value of `field` (None when absent or not an object)."""
+        values = self._field_values.get(field)
+        if values is None:
+            values = self._field_values[field] = [
+                item.get(field) if item.__class__ is dict or isinstance(item, Mapping) else None
+                for item in self.items
+            ]
+        return values
+
+    def _column(self, field: str) -> tuple[list[Any], dict[str, list[int]], list[tuple[int, Any]]]:
+        """Return the field's values, [mask, amount, units] of each string value, and the
+        (position, value) of the other values."""
         found = self._columns.get(field)
         if found is None:
-            values = []
-            index: dict[str, int] = {}
+            values = self._values(field)
+            index: dict[str, list[int]] = {}
             others = []
-            bit = 1
-            for item in self.items:
-                value = item.get(field) if isinstance(item, Mapping) else None
-                values.append(value)
+            count = len(values)
+            bits = _BITS[:count] if count <= len(_BITS) else [1 << p for p in range(count)]
+            for value, bit, amount, units in zip(values, bits, self.amounts, self.units,
+                                                 strict=True):
                 if value.__class__ is str:
-                    index[value] = index.get(value, 0) | bit
+                    entry = index.get(value)
+                    if entry is None:
+                        index[value] = [bit, amount, units]
+                    else:
+                        entry[0] |= bit
+                        entry[1] += amount
+                        entry[2] += units
                 elif value is not None:
-                    others.append((bit, value))
-                bit <<= 1
+                    others.append((bit.bit_length() - 1, value))
             found = self._columns[field] = (values, index, others)
         return found
 
-    def _column_mask(self, field: str, op: str, constant: Any) -> int:
-        values, index, others = self._column(field)
+    def _column_mask(self, field: str, op: str, constant: Any) -> tuple[int, int, int]:
+        """Return (mask, amount, units) of the items whose `field` passes `op` `constant`."""
+        amounts, units = self.amounts, self.units
+        mask = amount = count = 0
+        if op in _RELATIONS:
+            return self._relation_mask(field, op, constant)
+        values, index, others = self._columns.get(field) or self._column(field)
         if op == "in":
-            # Array membership is strict equality: only string values can equal the constants.
-            mask = 0
+            # Array membership is strict equality: only string values can equal the constants
+            # (distinct ones: the rule set removes repeated constants).
             for text in constant:
-                mask |= index.get(text, 0)
-            return mask
+                entry = index.get(text)
+                if entry is not None:
+                    mask |= entry[0]
+                    amount += entry[1]
+                    count += entry[2]
+            return mask, amount, count
         if op in _EQUALITY:
             compare = loose_equals if op in ("==", "!=") else strict_equals
             if constant.__class__ is str:
-                mask = index.get(constant, 0)
-                for bit, value in others:
-                    if compare(value, constant):
-                        mask |= bit
+                entry = index.get(constant)
+                if entry is not None:
+                    mask, amount, count = entry
+                candidates: Any = others
             else:
-                mask = 0
-                bit = 1
-                for value in values:
-                    if compare(value, constant):
-                        mask |= bit
-                    bit <<= 1
-            return self.all & ~mask if op in ("!=", "!==") else mask
-        test = _COMPARE[op]
-        mask = 0
-        bit = 1
-        for value in values:
-            if value.__class__ in _NUMBERS:
-                if _NATIVE[op](value, constant):
-                    mask |= bit
-            elif test(value, constant):
-                mask |= bit
-            bit <<= 1
-        return mask
+                candidates = enumerate(values)
+            for position, value in candidates:
+                if compare(value, constant):
+                    mask |= 1 << position
+                    amount += amounts[position]
+                    count += units[position]
+            if op in ("!=", "!=="):
+                whole_amount, whole_units = self.known_sums[self.all]
+                return self.all & ~mask, whole_amount - amount, whole_units - count
+            return mask, amount, count
+        raise ValueError(f"unknown column operator {op!r}")
 
-    def indexes(self, mask: int) -> list[int]:
-        """Return the positions of the items in `mask`."""
-        found = self._indexes.get(mask)
-        if found is None:
-            found = self._indexes[mask] = [i for i in range(len(self.items)) if mask >> i & 1]
-        return found
+    def _relation_mask(self, field: str, op: str, constant: Any) -> tuple[int, int, int]:
+        """Return (mask, amount, units) of the items whose `field` is `op` (<, <=, >, >=) the
+        number `constant`."""
+        rows = self._numeric.get(field)
+        if rows is None:
+            rows = self._numeric[field] = self._numeric_rows(field)
+        mask = amount = count = 0
+        if rows:
+            # Every value is a number: native comparisons, one pass.
+            if op == ">=":
+                for value, bit, item_amount, item_units in rows:
+                    if value >= constant:
+                        mask |= bit
+                        amount += item_amount
+                        count += item_units
+            elif op == ">":
+                for value, bit, item_amount, item_units in rows:
+                    if value > constant:
+                        mask |= bit
+                        amount += item_amount
+                        count += item_units
+            elif op == "<=":
+                for value, bit, item_amount, item_units in rows:
+                    if value <= constant:
+                        mask |= bit
+                        amount += item_amount
+                        count += item_units
+            else:
+                for value, bit, item_amount, item_units in rows:
+                    if value < constant:
+                        mask |= bit
+                        amount += item_amount
+                        count += item_units
+            return mask, amount, count
+        test = _COMPARE[op]
+        native = _NATIVE[op]
+        amounts, units = self.amounts, self.units
+        for position, value in enumerate(self._values(field)):
+            if native(value, constant) if value.__class__ in _NUMBERS else test(value, constant):
+                mask |= 1 << position
+                amount += amounts[position]
+                count += units[position]
+        return mask, amount, count
+
+    def _numeric_rows(self, field: str) -> list[tuple[Any, int, int, int]] | tuple[()]:
+        """Return (value, bit, amount, units) of each item when every value of `field` is a
+        number, else ()."""
+        values = self._values(field)
+        if not _NUMBER_TYPES.issuperset(map(type, values)):
+            return ()
+        count = len(values)
+        bits = _BITS[:count] if count <= len(_BITS) else [1 << p for p in range(count)]
+        return list(zip(values, bits, self.amounts, self.units, strict=True))
 
     def sums(self, mask: int) -> tuple[int, int]:
         """Return (amount, units) of the items in `mask`."""
-        found = self._sums.get(mask)
+        found = self.known_sums.get(mask)
         if found is None:
             amount = units = 0
-            index = 0
-            rest = mask
-            while rest:
-                if rest & 1:
-                    amount += self.amounts[index]
-                    units += self.units[index]
-                rest >>= 1
-                index += 1
-            found = self._sums[mask] = (amount, units)
+            amounts, quantities = self.amounts, self.units
+            for position in _positions(mask):
+                amount += amounts[position]
+                units += quantities[position]
+            found = self.known_sums[mask] = (amount, units)
         return found
 
 
+_POSITIONS: dict[int, tuple[int, ...]] = {}
+_BITS = tuple(1 << position for position in range(4096))
+
+
+def _positions(mask: int) -> tuple[int, ...]:
+    """Return the positions of the set bits of `mask`, ascending (memoised: masks recur)."""
+    found = _POSITIONS.get(mask)
+    if found is None:
+        found = tuple(i for i in range(mask.bit_length()) if mask >> i & 1)
+        if len(_POSITIONS) >= 1 << 16:
+            _POSITIONS.clear()
+        _POSITIONS[mask] = found
+    return found
+
+
 _EQUALITY = frozenset({"==", "!=", "===", "!=="})
+_RELATIONS = frozenset({"<", "<=", ">", ">="})
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _mask_function(plan: _Plan) -> Any:
+    """Return a function of a basket giving the mask of the plan's item filter (and recording
+    its sums), specialised to the filter's shape."""
+    column = plan.column
+    if column is None:
+        return lambda basket: basket.mask(plan)
+    field, op, constant = column
+    if op == "in":
+        # Array membership is strict equality: only string values can equal the constants
+        # (distinct ones: the plan removes repeated constants).
+        def in_mask(basket: _Basket) -> int:
+            index = (basket._columns.get(field) or basket._column(field))[1]
+            mask = amount = count = 0
+            for text in constant:
+                entry = index.get(text)
+                if entry is not None:
+                    mask |= entry[0]
+                    amount += entry[1]
+                    count += entry[2]
+            known = basket.known_sums
+            if mask not in known:
+                known[mask] = (amount, count)
+            return mask
+
+        return in_mask
+    if op in ("==", "!=") and constant.__class__ is str:
+        negate = op == "!="
+
+        def text_mask(basket: _Basket) -> int:
+            _, index, others = basket._columns.get(field) or basket._column(field)
+            if others:
+                return basket.mask(plan)
+            entry = index.get(constant)
+            mask, amount, count = (0, 0, 0) if entry is None else entry
+            if negate:
+                whole_amount, whole_units = basket.known_sums[basket.all]
+                mask, amount, count = (basket.all & ~mask, whole_amount - amount,
+                                       whole_units - count)
+            known = basket.known_sums
+            if mask not in known:
+                known[mask] = (amount, count)
+            return mask
+
+        return text_mask
+    if op in _RELATIONS:
+
+        def relation_mask(basket: _Basket) -> int:
+            mask, amount, count = basket._relation_mask(field, op, constant)
+            known = basket.known_sums
+            if mask not in known:
+                known[mask] = (amount, count)
+            return mask
+
+        return relation_mask
+    return lambda basket: basket.mask(plan)
 _NUMBERS = (int, float)
 _COMPARE = {
     "<": less_than,
@@ -417,28 +649,63 @@ _NATIVE = {
 _new = object.__new__
 
 
-def _make_outcome(plan: _Plan, points: int) -> RuleOutcome:
-    # Fills the frozen dataclass's __dict__ directly: same object, half the cost of __init__.
-    outcome = _new(RuleOutcome)
-    fields = outcome.__dict__
-    fields["rule_id"] = plan.rule_id
-    fields["rule_version"] = plan.version
-    fields["rule_name"] = plan.name
-    fields["matched"] = True
-    fields["points"] = points
-    fields["reason"] = None
-    return outcome
+class Record:
+    """What one evaluation found, compactly: the Evaluation's objects are derived from it.
+
+    `entries` holds one int per rule of the trigger, in evaluation order: the points when the
+    rule matched, else the negated index of its reason in _REASONS. Awards are the matched
+    entries with points, then the tier's award.
+    """
+
+    __slots__ = ("plans", "entries", "tier")
+
+    def __init__(self, plans: tuple[_Plan, ...], entries: list[int],
+                 tier: tuple[str, int] | None) -> None:
+        self.plans = plans
+        self.entries = entries
+        self.tier = tier
+
+    def materialise(self) -> tuple[tuple[Award, ...], tuple[RuleOutcome, ...], dict[str, Usage]]:
+        """Return (awards, outcomes, consumed) as the Evaluation shows them."""
+        outcomes = []
+        awards = []
+        consumed: dict[str, Usage] = {}
+        multiplied = []
+        for plan, entry in zip(self.plans, self.entries, strict=True):
+            if entry <= 0:
+                outcomes.append((plan._outcomes or plan.outcomes)[-entry])
+                continue
+            outcomes.append(plan.outcome(entry))
+            awards.append(plan.award(entry))
+            if plan.limited:
+                if plan.code == _MULTIPLIER:
+                    multiplied.append((plan.rule_id, entry))
+                else:
+                    consumed[plan.rule_id] = Usage(1, entry)
+        # Multipliers are settled after the other rules: their usage comes last.
+        for rule_id, points in multiplied:
+            consumed[rule_id] = Usage(1, points)
+        if self.tier is not None:
+            tier, extra = self.tier
+            awards.append(Award(None, None, f"Tier {tier} multiplier", extra, "tier"))
+        return tuple(awards), tuple(outcomes), consumed
 
 
-def _make_award(plan: _Plan, points: int) -> Award:
-    award = _new(Award)
-    fields = award.__dict__
-    fields["rule_id"] = plan.rule_id
-    fields["rule_version"] = plan.version
-    fields["rule_name"] = plan.name
-    fields["points"] = points
-    fields["kind"] = "rule"
-    return award
+_set_points = Evaluation.__dict__["points"].__set__
+_set_record = LazyEvaluation.__dict__["_record"].__set__
+_EMPTY_TRIGGER: Any = None
+
+
+def _tier_fraction(value: Fraction | Decimal | int) -> Fraction:
+    try:
+        return _cached_tier_factor(value)
+    except TypeError:  # unhashable, so not a number: _tier_factor says so
+        return _tier_factor(value)
+
+
+@lru_cache(maxsize=256, typed=True)
+def _cached_tier_factor(value: Fraction | Decimal | int) -> Fraction:
+    return _tier_factor(value)
 
 
 def _tier_factor(value: Fraction | Decimal | int) -> Fraction:
@@ -460,179 +727,208 @@ def evaluate(
 ) -> Evaluation:
     """Return the points the rules of `trigger` award for `facts` at the moment `at`.
 
+    The result's awards, outcomes and consumed usage are built when first read.
     Raises ValueError when `at` is naive or the tier multiplier is not a number.
     """
     context = _context(facts, at)
-    basket: _Basket | None = None
-    outcomes: list[RuleOutcome | None] = []
-    awards: list[Award | None] = []
-    consumed: dict[str, Usage] = {}
-    # Base points (per_amount, per_item) that multipliers scale, grouped by the items that
-    # earned them: items mask -> [per_amount points, per_item points].
-    groups: dict[int, list[int]] = {}
+    compiled = rule_set._triggers.get(trigger)
+    if compiled is None:
+        compiled = _empty_trigger()
+    size = compiled.size
+    entries = [_CONDITION_FALSE] * size
+    total = 0
+    # Base points (per_amount, per_item) that multipliers scale, and, when a multiplier has an
+    # item filter, grouped by the items that earned them: mask -> [per_amount, per_item points].
     base = 0
-    deferred: list[tuple[int, int, _Plan, int | None, int | None]] = []
-    excluded_below: int | None = None
-    # Only a multiplier with an item filter needs to know which items earned the base.
-    scaled = trigger in rule_set._filtered_multipliers
-
-    append_outcome = outcomes.append
-    append_award = awards.append
-    new = _new
-    shared: dict[str, bool] = {}
-    for (plan, gated, priority, exclusive, condition, shared_condition, item_filter, limited,
-         code, per_event, condition_false) in rule_set._rows.get(trigger, ()):
-        if gated and not plan.active and (only_active or plan.archived):
-            append_outcome(plan.outcomes["inactive"])
-            continue
-        if excluded_below is not None and priority < excluded_below:
-            append_outcome(plan.outcomes["excluded"])
-            continue
-        if gated and (
-            (plan.starts_at is not None and at < plan.starts_at)
-            or (plan.ends_at is not None and at >= plan.ends_at)
-        ):
-            append_outcome(plan.outcomes["outside_window"])
-            continue
-        if condition is not None:
-            if shared_condition is None:
-                holds = condition(context)
-            else:
-                holds = shared.get(shared_condition)
-                if holds is None:
-                    holds = shared[shared_condition] = condition(context)
-            if not holds:
-                append_outcome(condition_false)
+    groups: dict[int, list[int]] | None = {} if compiled.scaled else None
+    deferred: list[tuple[int, _Plan, int | None, int | None]] = []
+    # Rules from `cut` on are excluded by an exclusive rule of higher priority that matched.
+    cut = size
+    # Nearly every rule of a purchase needs the items: they are read once, up front.
+    basket = _Basket(context) if compiled.items else None
+    masks = basket.masks if basket is not None else {}
+    sums = basket.known_sums if basket is not None else {}
+    for index, plan, checked, code, filter_key, special, per_event, a, b, c in compress(
+        compiled.rows, compiled.select(context)
+    ):
+        if index >= cut:
+            break
+        if checked:
+            if not plan.active and (only_active or plan.archived):
+                entries[index] = _INACTIVE
                 continue
-        mask = None
-        if item_filter is not None:
-            if basket is None:
-                basket = _Basket(context)
-            mask = basket.mask(plan)
+            if (plan.starts_at is not None and at < plan.starts_at) or (
+                plan.ends_at is not None and at >= plan.ends_at
+            ):
+                entries[index] = _OUTSIDE
+                continue
+            if plan.condition is not None and not plan.condition(context):
+                continue
+        if basket is None:
+            basket = _Basket(context)
+            masks = basket.masks
+            sums = basket.known_sums
+        if filter_key is None:
+            mask = basket.all
+        else:
+            mask = masks.get(filter_key)
+            if mask is None:
+                mask = masks[filter_key] = plan.mask_of(basket)
             if not mask:
-                append_outcome(plan.outcomes["no_matching_items"])
+                entries[index] = _NO_MATCH
                 continue
         remaining = None
-        if limited:
-            remaining = plan.limit_points
-            used = usage.get(plan.rule_id)
-            if used is not None:
-                if plan.limit_count is not None and used.count >= plan.limit_count:
-                    append_outcome(plan.outcomes["limit_reached"])
-                    continue
-                if remaining is not None:
-                    remaining -= used.points
-                    if remaining <= 0:
-                        append_outcome(plan.outcomes["limit_reached"])
+        if special:
+            if plan.limited:
+                remaining = plan.limit_points
+                used = usage.get(plan.rule_id)
+                if used is not None:
+                    if plan.limit_count is not None and used.count >= plan.limit_count:
+                        entries[index] = _LIMIT
                         continue
-        if exclusive:
-            excluded_below = priority
-        if code == _FIXED:
-            points = plan.points
-            if plan.fixed_award is not None and (remaining is None or remaining >= points):
-                append_outcome(plan.fixed_outcome)
-                append_award(plan.fixed_award)
-                if limited:
-                    consumed[plan.rule_id] = plan.fixed_usage
-                continue
-        elif code == _MULTIPLIER:
-            deferred.append((len(outcomes), len(awards), plan, mask, remaining))
-            append_outcome(None)
-            append_award(None)
-            continue
+                    if remaining is not None:
+                        remaining -= used.points
+                        if remaining <= 0:
+                            entries[index] = _LIMIT
+                            continue
+            if plan.exclusive:
+                cut = plan.cut
+        # a, b, c: per_amount (basis × a + b) // c; per_item and fixed a points.
+        if code == _PER_AMOUNT:
+            basis = basket.total if filter_key is None else sums[mask][0]
+            points = (basis * a + b) // c
+        elif code == _FIXED:
+            points = a
+        elif code != _MULTIPLIER:
+            # per_item (and a burn rule's conversion, were a redemption evaluated: its
+            # points per unit, as before).
+            points = a * sums[mask][1]
         else:
-            if basket is None:
-                basket = _Basket(context)
-            if mask is None:
-                mask = basket.all
-                basis = basket.total
-            else:
-                basis = basket.sums(mask)[0]
-            if code == _PER_AMOUNT:
-                points = (basis * plan.amount_mul + plan.amount_add) // plan.amount_div
-            else:
-                points = plan.points * basket.sums(mask)[1]
+            deferred.append((index, plan, None if filter_key is None else mask, remaining))
+            continue
         if per_event is not None and points > per_event:
             points = per_event
         if remaining is not None and points > remaining:
             points = remaining
         if points <= 0:
-            append_outcome(plan.matched_zero)
+            entries[index] = 0
             continue
+        entries[index] = points
+        total += points
         if code != _FIXED:
             base += points
-            if scaled:
+            if groups is not None:
                 group = groups.get(mask)
                 if group is None:
                     group = groups[mask] = [0, 0]
                 group[0 if code == _PER_AMOUNT else 1] += points
-        # Frozen dataclasses filled through their __dict__: half the cost of __init__.
-        outcome = new(RuleOutcome)
-        fields = outcome.__dict__
-        fields.update(plan.outcome_fields)
-        fields["points"] = points
-        append_outcome(outcome)
-        award = new(Award)
-        fields = award.__dict__
-        fields.update(plan.award_fields)
-        fields["points"] = points
-        append_award(award)
-        if limited:
-            consumed[plan.rule_id] = Usage(1, points)
+    if cut < size:
+        inactive = compiled.inactive if only_active else compiled.inactive_archived
+        for index in range(cut, size):
+            entries[index] = _INACTIVE if index in inactive else _EXCLUDED
 
     if deferred:
-        weights: tuple[list[int], int] | None = None
-        for outcome_at, award_at, plan, mask, remaining in deferred:
+        weights: tuple[dict[int, int], int, int] | None = None
+        for index, plan, mask, remaining in deferred:
+            factor = plan.factor
             if mask is None or basket is None:
-                extra = multiplier_extra(base, 1, plan.factor)
+                extra = base * (factor.numerator - factor.denominator) // factor.denominator
             else:
                 if weights is None:
-                    weights = _item_weights(basket, groups)
-                item_weights, denominator = weights
-                share = sum([item_weights[index] for index in basket.indexes(mask)])
-                extra = multiplier_extra(share, denominator, plan.factor)
+                    weights = _item_weights(basket, groups or {}, _smaller_sides(basket, deferred))
+                item_weights, denominator, whole = weights
+                if mask.bit_count() * 2 > len(basket.items):
+                    # The items outside the mask are fewer: the share is the whole but theirs.
+                    share = whole * denominator
+                    for position in _positions(basket.all & ~mask):
+                        share -= item_weights[position]
+                else:
+                    share = 0
+                    for position in _positions(mask):
+                        share += item_weights[position]
+                extra = multiplier_extra(share, denominator, factor)
             points = cap_points(extra, plan.per_event, remaining)
-            if points:
-                outcomes[outcome_at] = _make_outcome(plan, points)
-                awards[award_at] = _make_award(plan, points)
-                if plan.limited:
-                    consumed[plan.rule_id] = Usage(1, points)
-            else:
-                outcomes[outcome_at] = plan.matched_zero
-        awards = [award for award in awards if award is not None]
+            entries[index] = points
+            total += points
+    tier = None
     if tier_multiplier is not None:
-        tier, factor = tier_multiplier
-        extra = multiplier_extra(base, 1, _tier_factor(factor))
+        name, factor = tier_multiplier
+        extra = multiplier_extra(base, 1, _tier_fraction(factor))
         if extra > 0:
-            awards.append(Award(None, None, f"Tier {tier} multiplier", extra, "tier"))
-    total = 0
-    for award in awards:
-        total += award.points
-    return Evaluation(total, tuple(awards), tuple(outcomes), consumed)
+            tier = (name, extra)
+            total += extra
+    result = _new(LazyEvaluation)
+    _set_points(result, total)
+    _set_record(result, Record(compiled.plans, entries, tier))
+    return result
 
 
-def _item_weights(basket: _Basket, groups: dict[int, list[int]]) -> tuple[list[int], int]:
-    """Return each item's share of the base points as numerators over one common denominator.
+def _empty_trigger() -> _Trigger:
+    global _EMPTY_TRIGGER
+    if _EMPTY_TRIGGER is None:
+        _EMPTY_TRIGGER = _Trigger(())
+    return _EMPTY_TRIGGER
+
+
+def _smaller_sides(basket: _Basket, deferred: list[tuple[int, _Plan, int | None, int | None]]
+                   ) -> int:
+    """Return the items whose weights the filtered multipliers need: each one's own items, or
+    the items outside them when those are fewer."""
+    needed = 0
+    for _, _, mask, _ in deferred:
+        if mask is not None:
+            needed |= basket.all & ~mask if mask.bit_count() * 2 > len(basket.items) else mask
+    return needed
+
+
+def _item_weights(
+    basket: _Basket, groups: dict[int, list[int]], needed: int
+) -> tuple[dict[int, int], int, int]:
+    """Return how the base points are shared among the items: the numerators of the items in
+    `needed` over one common denominator ({position: numerator}, denominator), and the whole
+    of the points shared (the numerators of all items add up to it × denominator).
 
     per_amount points go to the items that earned them pro rata to their amounts, per_item
-    points to their units.
+    points to their units; points of items whose amounts (units) add up to nothing are not
+    shared. Groups of items outside `needed` only count in the whole.
     """
-    denominator = 1
+    known = basket.known_sums
+    parts = []
+    wholes = []
+    shared = 0
     for earned, (amount_points, unit_points) in groups.items():
-        whole_amount, whole_units = basket.sums(earned)
-        if amount_points and whole_amount > 0:
-            denominator = lcm(denominator, whole_amount)
-        if unit_points and whole_units > 0:
-            denominator = lcm(denominator, whole_units)
-    weights = [0] * len(basket.items)
+        whole_amount, whole_units = known.get(earned) or basket.sums(earned)
+        if whole_amount <= 0:
+            amount_points = 0
+        if whole_units <= 0:
+            unit_points = 0
+        shared += amount_points + unit_points
+        if not earned & needed:
+            continue
+        if amount_points:
+            wholes.append(whole_amount)
+        if unit_points:
+            wholes.append(whole_units)
+        if amount_points or unit_points:
+            parts.append((earned & needed, amount_points, whole_amount, unit_points, whole_units))
+    denominator = lcm(*wholes)
+    per_amount = [0] * len(basket.items)
+    per_unit = per_amount.copy()
+    for earned, amount_points, whole_amount, unit_points, whole_units in parts:
+        if amount_points:
+            rate = amount_points * denominator // whole_amount
+            for position in _positions(earned):
+                per_amount[position] += rate
+        if unit_points:
+            rate = unit_points * denominator // whole_units
+            for position in _positions(earned):
+                per_unit[position] += rate
     amounts, units = basket.amounts, basket.units
-    for earned, (amount_points, unit_points) in groups.items():
-        whole_amount, whole_units = basket.sums(earned)
-        per_amount = amount_points * denominator // whole_amount if whole_amount > 0 else 0
-        per_unit = unit_points * denominator // whole_units if whole_units > 0 else 0
-        for index in basket.indexes(earned):
-            weights[index] += per_amount * amounts[index] + per_unit * units[index]
-    return weights, denominator
+    weights = {
+        position: per_amount[position] * amounts[position] + per_unit[position] * units[position]
+        for position in _positions(needed)
+    }
+    return weights, denominator, shared
 
 
 def _burn_rule(rule_set: RuleSet, facts: Mapping, at: datetime) -> _Plan | None:

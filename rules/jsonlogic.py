@@ -1,9 +1,10 @@
-"""Compile JsonLogic expressions to Python closures, checking operators and variables statically.
+"""Compile JsonLogic to Python functions (generated source, compiled once), checked statically.
 
 Semantics follow json-logic-js: JavaScript truthiness (except that an empty array is falsy),
 loose and strict equality with JavaScript coercions, `and`/`or` returning the deciding value,
 arithmetic on numeric strings. What compiled never raises at evaluation time: division by zero
 and impossible coercions give null or NaN (which compares false) instead of an exception.
+No rule content is ever written into generated source (see "Generated code" below).
 """
 
 from __future__ import annotations
@@ -439,30 +440,186 @@ _BOOLEAN_OPS = frozenset(
     {"==", "===", "!=", "!==", "!", "!!", ">", ">=", "<", "<=", "in", "some", "all", "none"}
 )
 
+# Generated code: every JsonLogic tree becomes the source of one Python expression, compiled
+# once with `compile()`. The source only ever holds names the compiler makes up (_k3 for the
+# fourth constant, _t1 for a temporary, _p0 for a precomputed variable, _e2 for an array
+# element), the helper names below, operators, and repr() of ints, booleans and None. Every
+# other value taken from a rule (strings, floats, arrays, variable keys) is passed to a factory
+# function as an argument and read as a closure variable, never written into the source, so no
+# rule content can ever be executed. The factories are cached by their source, which depends
+# only on the shapes of the expressions: rules differing in constants share one compiled code.
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    # Huge numeric strings can overflow float arithmetic; JavaScript gives Infinity or NaN.
+    def guarded(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (OverflowError, ValueError):
+            return NAN
+
+    return guarded
+
+
+def _cat(*values: Any) -> str:
+    return "".join([to_string(value) for value in values])
+
+
+def _missing(data: Any, getters: tuple[tuple[str, Evaluator], ...]) -> list[str]:
+    return [name for name, get in getters if (value := get(data)) is None or value == ""]
+
+
+def _missing_some(data: Any, need: Any, total: int,
+                  getters: tuple[tuple[str, Evaluator], ...]) -> list[str]:
+    absent = _missing(data, getters)
+    return [] if total - len(absent) >= need else absent
+
+
+def _reduce(items: Any, body: Evaluator, accumulator: Any) -> Any:
+    if items.__class__ is not list:
+        return accumulator
+    for item in items:
+        accumulator = body({"current": item, "accumulator": accumulator})
+    return accumulator
+
+
+def _some(items: Any, test: Evaluator) -> bool:
+    return items.__class__ is list and any(map(test, items))
+
+
+def _all(items: Any, test: Evaluator) -> bool:
+    return items.__class__ is list and bool(items) and all(map(test, items))
+
+
+def _none(items: Any, test: Evaluator) -> bool:
+    return not _some(items, test)
+
+
+def _map(items: Any, body: Evaluator) -> list[Any]:
+    return [body(item) for item in items] if items.__class__ is list else []
+
+
+def _filter(items: Any, test: Evaluator) -> list[Any]:
+    return [item for item in items if test(item)] if items.__class__ is list else []
+
+
+def _some_equal(items: Any, key: str, index: int | None, constant: str) -> bool:
+    # {"some": [list, {"==": [{"var": "category"}, "red"]}]} without a call per element.
+    if items.__class__ is not list:
+        return False
+    for item in items:
+        value = item.get(key) if item.__class__ is dict else _step(item, key, index)
+        if value.__class__ is str:
+            if value == constant:
+                return True
+        elif value is not None and loose_equals(value, constant):
+            return True
+    return False
+
+
+def _string_values(items: Any, key: str) -> frozenset[str] | None:
+    """Return the string values of `key` in a list of objects, None when a value is not one.
+
+    Lets {"some": [list, {"==": [{"var": key}, text]}]} be one set lookup per predicate.
+    """
+    if items.__class__ is not list:
+        return frozenset()
+    values = set()
+    for item in items:
+        if item.__class__ is not dict:
+            return None
+        value = item.get(key)
+        if value.__class__ is str:
+            values.add(value)
+        elif value is not None:
+            return None
+    return frozenset(values)
+
+
+_GLOBALS: dict[str, Any] = {
+    "__builtins__": {"str": str, "dict": dict},
+    "_NUMERIC": _NUMERIC,
+    "_truthy": truthy,
+    "_loose_equals": loose_equals,
+    "_strict_equals": strict_equals,
+    "_less_than": less_than,
+    "_less_equal": less_equal,
+    "_step": _step,
+    "_contains": _contains,
+    "_add": _guarded(lambda *values: _add(list(values))),
+    "_multiply": _guarded(lambda *values: _multiply(list(values))),
+    "_subtract": _guarded(_subtract),
+    "_negate": _guarded(lambda value: -to_number(value)),
+    "_divide": _guarded(_divide),
+    "_modulo": _guarded(_modulo),
+    "_max": _guarded(lambda *values: _extreme(max, list(values))),
+    "_min": _guarded(lambda *values: _extreme(min, list(values))),
+    "_cat": _cat,
+    "_substr": _substr,
+    "_merge": lambda *values: _merge(list(values)),
+    "_missing": _missing,
+    "_missing_some": _missing_some,
+    "_reduce": _reduce,
+    "_some": _some,
+    "_all": _all,
+    "_none": _none,
+    "_map": _map,
+    "_filter": _filter,
+    "_some_equal": _some_equal,
+    "_string_values": _string_values,
+}
+_FACTORIES: dict[str, Callable[..., Any]] = {}
+_MAX_FACTORIES = 2048
+
+
+def build_function(source: str, constants: list[Any], *, cache: bool = True) -> Callable[..., Any]:
+    """Return what `source` (a factory `_factory(_k0, …)` returning a function) builds.
+
+    `source` must come from this module's generator: it holds no rule content. With `cache`,
+    the compiled factory is kept by its source for the next expression of the same shape.
+    """
+    factory = _FACTORIES.get(source) if cache else None
+    if factory is None:
+        namespace: dict[str, Any] = {}
+        exec(compile(source, "<jsonlogic>", "exec"), _GLOBALS, namespace)  # noqa: S102
+        factory = namespace["_factory"]
+        if cache:
+            if len(_FACTORIES) >= _MAX_FACTORIES:
+                _FACTORIES.clear()
+            _FACTORIES[source] = factory
+    return factory(*constants)
+
+
+def clear_cache() -> None:
+    """Forget the compiled expression shapes (benchmarks of a fresh process)."""
+    _FACTORIES.clear()
+
 
 class Node:
-    """Hold one compiled sub-expression: its closure, and its value when it is a constant."""
+    """One compiled sub-expression: its source, and its value when it is a constant.
 
-    __slots__ = ("fn", "const", "value", "boolean", "schema")
+    `simple` sources (names and literals) can be repeated; others are bound to a temporary
+    when read twice.
+    """
+
+    __slots__ = ("src", "const", "value", "boolean", "schema", "simple")
 
     def __init__(
         self,
-        fn: Evaluator,
+        src: str,
         *,
         const: bool = False,
         value: Any = None,
         boolean: bool = False,
         schema: Any = ANY,
+        simple: bool = False,
     ) -> None:
-        self.fn = fn
+        self.src = src
         self.const = const
         self.value = value
         self.boolean = boolean
         self.schema = schema
-
-
-def _constant(value: Any) -> Node:
-    return Node(lambda data: value, const=True, value=value, boolean=value.__class__ is bool)
+        self.simple = simple
 
 
 def _is_number(value: Any) -> bool:
@@ -470,14 +627,109 @@ def _is_number(value: Any) -> bool:
 
 
 class Compiler:
-    """Compile JsonLogic trees, collecting every problem into `errors` keyed by JSON path."""
+    """Compile JsonLogic trees to Python source, collecting every problem into `errors`.
 
-    def __init__(self, errors: Errors) -> None:
+    `constants` collects the values the source reads as _k0, _k1, …. With `precompute`, the
+    variables of the outermost scope are read once into _p0, _p1, … (see `prelude`).
+    """
+
+    def __init__(self, errors: Errors, *, precompute: bool = False) -> None:
         self.errors = errors
+        self.constants: list[Any] = []
+        self._constant_names: dict[tuple[type, Any], str] = {}
+        self._counter = 0
+        self._data = "data"
+        self._root = True
+        self._precompute = precompute
+        self._paths: dict[tuple[str, ...], str] = {(): "data"}
+        self._values: dict[tuple[str, str], str] = {}
+        self._kind_tests: dict[tuple[str, str], str] = {}
+        self._precomputed_names: set[str] = set()
+        self.prelude: list[str] = []
+
+    # -- source helpers ----------------------------------------------------------------------
+
+    def constant_name(self, value: Any) -> str:
+        """Return the name the generated source reads `value` by."""
+        key = (value.__class__, value) if value.__class__ in (str, int) else None
+        if key is not None and key in self._constant_names:
+            return self._constant_names[key]
+        name = f"_k{len(self.constants)}"
+        self.constants.append(value)
+        if key is not None:
+            self._constant_names[key] = name
+        return name
+
+    def literal(self, value: Any) -> str:
+        if value is None or value is True or value is False:
+            return repr(value)
+        return self.constant_name(value)
+
+    def fresh(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}{self._counter}"
+
+    def bind(self, node: Node) -> tuple[str, str]:
+        """Return (first use, later uses) of `node`'s value: a walrus when it is not simple."""
+        if node.simple:
+            return node.src, node.src
+        name = self.fresh("_t")
+        return f"({name} := {node.src})", name
+
+    def kind_test(self, source: str, guard: str) -> str:
+        """Return the test `source.__class__ <guard>`; for a precomputed variable, a name
+        computed once per call."""
+        if not (self._precompute and source in self._precomputed_names):
+            return f"{source}.__class__ {guard}"
+        name = self._kind_tests.get((source, guard))
+        if name is None:
+            name = self._kind_tests[source, guard] = f"_f{len(self._kind_tests)}"
+            self.prelude.append(f"{name} = {source}.__class__ {guard}")
+        return name
+
+    def test(self, node: Node) -> str:
+        return node.src if node.boolean else f"_truthy({node.src})"
+
+    def constant(self, value: Any) -> Node:
+        return Node(self.literal(value), const=True, value=value,
+                    boolean=value.__class__ is bool, simple=True)
 
     def error(self, path: str, message: str) -> Node:
         self.errors.setdefault(path, []).append(message)
-        return _constant(None)
+        return self.constant(None)
+
+    def step_src(self, source: str, part: str, simple: bool = True) -> str:
+        """Return the source reading key `part` of the value of `source`, like _step."""
+        key = self.constant_name(part)
+        index = _index_of(part)
+        if simple:
+            first = later = source
+        else:
+            later = self.fresh("_t")
+            first = f"({later} := {source})"
+        return (f"({later}.get({key}) if {first}.__class__ is dict "
+                f"else _step({later}, {key}, {index!r}))")
+
+    def path_src(self, parts: tuple[str, ...]) -> tuple[str, bool]:
+        """Return (source, simple) reading the variable `parts` in the current scope."""
+        if self._root and self._precompute:
+            return self._precomputed(parts), True
+        source, simple = self._data, True
+        for part in parts:
+            source = self.step_src(source, part, simple)
+            simple = False
+        return source, simple
+
+    def _precomputed(self, parts: tuple[str, ...]) -> str:
+        name = self._paths.get(parts)
+        if name is None:
+            parent = self._precomputed(parts[:-1])
+            name = self._paths[parts] = f"_p{len(self._paths) - 1}"
+            self._precomputed_names.add(name)
+            self.prelude.append(f"{name} = {self.step_src(parent, parts[-1])}")
+        return name
+
+    # -- the tree walk -----------------------------------------------------------------------
 
     def compile(self, expr: Any, path: str, schema: Any) -> Node:
         """Return the Node computing `expr` over data shaped like `schema`."""
@@ -498,19 +750,21 @@ class Compiler:
         if cls is list or cls is tuple:
             nodes = [self.compile(item, f"{path}[{i}]", schema) for i, item in enumerate(expr)]
             if all(node.const for node in nodes):
-                return _constant([node.value for node in nodes])
-            fns = tuple(node.fn for node in nodes)
-            return Node(lambda data: [fn(data) for fn in fns])
+                return self.constant([node.value for node in nodes])
+            return Node("[" + ", ".join(node.src for node in nodes) + "]")
         if expr is None or cls in (str, bool, int):
-            return _constant(expr)
+            return self.constant(expr)
         if cls is float:
             if not math.isfinite(expr):
                 return self.error(path, "numbers must be finite")
-            return _constant(expr)
+            return self.constant(expr)
         return self.error(path, f"unsupported literal of type {type(expr).__name__}")
 
     def _args(self, args: list[Any], path: str, schema: Any) -> list[Node]:
         return [self.compile(arg, f"{path}[{i}]", schema) for i, arg in enumerate(args)]
+
+    def _call(self, helper: str, nodes: list[Node], **kwargs: Any) -> Node:
+        return Node(f"{helper}(" + ", ".join(node.src for node in nodes) + ")", **kwargs)
 
     # -- data access -------------------------------------------------------------------------
 
@@ -540,29 +794,29 @@ class Compiler:
                 return self.error(f"{path}[1]", "a variable default must be a literal")
             default = default_node.value
         if checked is None:
-            return _constant(None)
+            return self.constant(None)
         parts, resolved = checked
-        return Node(make_getter(parts, default), schema=resolved)
+        source, simple = self.path_src(parts)
+        if default is None:
+            return Node(source, schema=resolved, simple=simple)
+        first, later = self.bind(Node(source, simple=simple))
+        return Node(f"({self.literal(default)} if {first} is None else {later})", schema=resolved)
 
-    def _literal_names(self, value: Any, path: str, schema: Any) -> list[tuple[str, Evaluator]]:
+    def _literal_names(self, value: Any, path: str, schema: Any) -> str:
         names = value if isinstance(value, list) else [value]
         getters = []
         for i, name in enumerate(names):
             checked = self._check_name(name, f"{path}[{i}]", schema)
             if checked is not None:
                 getters.append((str(name), make_getter(checked[0])))
-        return getters
+        return self.constant_name(tuple(getters))
 
     def _op_missing(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
         if len(args) == 1 and isinstance(args[0], list):
             getters = self._literal_names(args[0], f"{path}[0]", schema)
         else:
             getters = self._literal_names(args, path, schema)
-
-        def missing(data: Any) -> list[str]:
-            return [name for name, get in getters if (value := get(data)) is None or value == ""]
-
-        return Node(missing)
+        return Node(f"_missing({self._data}, {getters})")
 
     def _op_missing_some(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
         need = args[0]
@@ -571,72 +825,54 @@ class Compiler:
         if not isinstance(args[1], list):
             return self.error(f"{path}[1]", "must be an array of variable names")
         getters = self._literal_names(args[1], f"{path}[1]", schema)
-        total = len(args[1])
-
-        def missing_some(data: Any) -> list[str]:
-            absent = [name for name, get in getters if (value := get(data)) is None or value == ""]
-            return [] if total - len(absent) >= need else absent
-
-        return Node(missing_some)
+        return Node(f"_missing_some({self._data}, {self.literal(need)}, "
+                    f"{len(args[1])!r}, {getters})")
 
     # -- logic -------------------------------------------------------------------------------
 
     def _op_if(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
         nodes = self._args(args, path, schema)
         if not nodes:
-            return _constant(None)
-        fns = [node.fn for node in nodes]
-        # Build the else-if chain from the end: [c1, v1, c2, v2, ..., else].
-        if len(fns) % 2 == 1:
-            chain = fns[-1]
-            pairs = fns[:-1]
+            return self.constant(None)
+        # The else-if chain from the end: [c1, v1, c2, v2, ..., else].
+        if len(nodes) % 2 == 1:
+            chain = nodes[-1].src
+            pairs = nodes[:-1]
         else:
-            chain = _constant(None).fn
-            pairs = fns
+            chain = "None"
+            pairs = nodes
         for i in range(len(pairs) - 2, -1, -2):
-            chain = _if_step(pairs[i], pairs[i + 1], chain)
+            chain = f"({pairs[i + 1].src} if {self.test(pairs[i])} else {chain})"
         boolean = len(nodes) % 2 == 1 and all(node.boolean for node in nodes[1::2] + nodes[-1:])
+        if len(nodes) == 1:
+            return nodes[0]
         return Node(chain, boolean=boolean)
 
     def _op_and(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
         nodes = self._args(args, path, schema)
-        fns = tuple(node.fn for node in nodes)
-        boolean = all(node.boolean for node in nodes)
-        if op == "and":
-            if boolean and len(fns) == 2:
-                f0, f1 = fns
-                return Node(lambda data: f0(data) and f1(data), boolean=True)
-
-            def and_(data: Any) -> Any:
-                value = None
-                for fn in fns:
-                    value = fn(data)
-                    if not truthy(value):
-                        return value
-                return value
-
-            return Node(and_, boolean=boolean)
-
-        def or_(data: Any) -> Any:
-            value = None
-            for fn in fns:
-                value = fn(data)
-                if truthy(value):
-                    return value
-            return value
-
-        return Node(or_, boolean=boolean)
+        if len(nodes) == 1:
+            return nodes[0]
+        if all(node.boolean for node in nodes):
+            joiner = " and " if op == "and" else " or "
+            return Node("(" + joiner.join(node.src for node in nodes) + ")", boolean=True)
+        # The deciding value: the first falsy (and) or truthy (or) one, else the last.
+        chain = nodes[-1].src
+        for node in reversed(nodes[:-1]):
+            name = self.fresh("_t")
+            bound = Node(f"({name} := {node.src})", boolean=node.boolean)
+            test = self.test(bound)
+            if op == "and":
+                test = f"not {test}"
+            chain = f"({name} if {test} else {chain})"
+        return Node(chain)
 
     def _op_not(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
         node = self.compile(args[0], f"{path}[0]", schema)
-        fn = node.fn
         if op == "!":
-            if node.boolean:
-                return Node(lambda data: not fn(data), boolean=True)
-            return Node(lambda data: not truthy(fn(data)), boolean=True)
+            return Node(f"(not {self.test(node)})", boolean=True)
         if node.boolean:
             return node
-        return Node(lambda data: truthy(fn(data)), boolean=True)
+        return Node(f"_truthy({node.src})", boolean=True)
 
     # -- comparison --------------------------------------------------------------------------
 
@@ -644,119 +880,72 @@ class Compiler:
         left, right = self._args(args, path, schema)
         strict = op in ("===", "!==")
         negate = op in ("!=", "!==")
-        compare = strict_equals if strict else loose_equals
+        compare = "_strict_equals" if strict else "_loose_equals"
         if left.const and not right.const:
             left, right = right, left
-        a = left.fn
         if right.const:
             c = right.value
-            cc = c.__class__
-            fast: tuple[type, ...] = ()
-            if cc is str:
-                fast = (str,)
-            elif cc in _NUMERIC:
-                fast = _NUMERIC
-            if fast:
+            guard = None
+            if c.__class__ is str:
+                guard = "is str"
+            elif _is_number(c):
+                guard = "in _NUMERIC"
+            if guard is not None:
                 # Same-kind operands compare natively; anything else takes the coercing path.
+                first, value = self.bind(left)
+                native = "!=" if negate else "=="
+                slow = f"{compare}({value}, {right.src})"
                 if negate:
-
-                    def not_equal_const(data: Any) -> bool:
-                        value = a(data)
-                        if value.__class__ in fast:
-                            return value != c
-                        return not compare(value, c)
-
-                    return Node(not_equal_const, boolean=True)
-
-                def equal_const(data: Any) -> bool:
-                    value = a(data)
-                    if value.__class__ in fast:
-                        return value == c
-                    return compare(value, c)
-
-                return Node(equal_const, boolean=True)
-            if negate:
-                return Node(lambda data: not compare(a(data), c), boolean=True)
-            return Node(lambda data: compare(a(data), c), boolean=True)
-        b = right.fn
-        if negate:
-            return Node(lambda data: not compare(a(data), b(data)), boolean=True)
-        return Node(lambda data: compare(a(data), b(data)), boolean=True)
+                    slow = f"(not {slow})"
+                return Node(f"({value} {native} {right.src} if {self.kind_test(first, guard)} "
+                            f"else {slow})", boolean=True)
+        src = f"{compare}({left.src}, {right.src})"
+        return Node(f"(not {src})" if negate else src, boolean=True)
 
     def _op_compare(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
         nodes = self._args(args, path, schema)
         if op in (">", ">="):
             # a > b is b < a: one implementation of the coercions.
             nodes.reverse()
-        test = less_than if op in ("<", ">") else less_equal
+        strict = op in ("<", ">")
+        test = "_less_than" if strict else "_less_equal"
+        native = "<" if strict else "<="
         if len(nodes) == 3:
-            fa, fb, fc = (node.fn for node in nodes)
-
-            def between(data: Any) -> bool:
-                middle = fb(data)
-                return test(fa(data), middle) and test(middle, fc(data))
-
-            return Node(between, boolean=True)
+            low, middle, high = nodes
+            first, value = self.bind(middle)
+            slow = f"({test}({low.src}, {first}) and {test}({value}, {high.src}))"
+            guard = _same_kind_guard(low, high)
+            if guard is None:
+                return Node(slow, boolean=True)
+            slow = f"({test}({low.src}, {value}) and {test}({value}, {high.src}))"
+            return Node(f"({low.src} {native} {value} {native} {high.src} "
+                        f"if {self.kind_test(first, guard)} else {slow})", boolean=True)
         left, right = nodes
-        fa, fb = left.fn, right.fn
-        if right.const and _is_number(right.value):
-            c = right.value
-            if test is less_than:
-
-                def lt_const(data: Any) -> bool:
-                    value = fa(data)
-                    if value.__class__ in _NUMERIC:
-                        return value < c
-                    return less_than(value, c)
-
-                return Node(lt_const, boolean=True)
-
-            def le_const(data: Any) -> bool:
-                value = fa(data)
-                if value.__class__ in _NUMERIC:
-                    return value <= c
-                return less_equal(value, c)
-
-            return Node(le_const, boolean=True)
-        if left.const and _is_number(left.value):
-            c = left.value
-            if test is less_than:
-
-                def const_lt(data: Any) -> bool:
-                    value = fb(data)
-                    if value.__class__ in _NUMERIC:
-                        return c < value
-                    return less_than(c, value)
-
-                return Node(const_lt, boolean=True)
-
-            def const_le(data: Any) -> bool:
-                value = fb(data)
-                if value.__class__ in _NUMERIC:
-                    return c <= value
-                return less_equal(c, value)
-
-            return Node(const_le, boolean=True)
-        return Node(lambda data: test(fa(data), fb(data)), boolean=True)
+        if right.const and not left.const:
+            guard = _same_kind_guard(right, right)
+            if guard is not None:
+                first, value = self.bind(left)
+                return Node(f"({value} {native} {right.src} if {self.kind_test(first, guard)} "
+                            f"else {test}({value}, {right.src}))", boolean=True)
+        if left.const and not right.const:
+            guard = _same_kind_guard(left, left)
+            if guard is not None:
+                first, value = self.bind(right)
+                return Node(f"({left.src} {native} {value} if {self.kind_test(first, guard)} "
+                            f"else {test}({left.src}, {value}))", boolean=True)
+        return Node(f"{test}({left.src}, {right.src})", boolean=True)
 
     def _op_in(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
         needle, haystack = self._args(args, path, schema)
-        fa = needle.fn
         if haystack.const:
             values = haystack.value
             if not isinstance(values, list | str):
                 return self.error(f"{path}[1]", "must be an array or a string")
             if isinstance(values, list) and all(v.__class__ is str for v in values):
-                members = frozenset(values)
-
-                def in_strings(data: Any) -> bool:
-                    value = fa(data)
-                    return value.__class__ is str and value in members
-
-                return Node(in_strings, boolean=True)
-            return Node(lambda data: _contains(fa(data), values), boolean=True)
-        fb = haystack.fn
-        return Node(lambda data: _contains(fa(data), fb(data)), boolean=True)
+                members = self.constant_name(frozenset(values))
+                first, value = self.bind(needle)
+                return Node(f"({first}.__class__ is str and {value} in {members})", boolean=True)
+        return self._call("_contains", [needle, haystack], boolean=True)
 
     # -- arithmetic and strings --------------------------------------------------------------
 
@@ -768,129 +957,82 @@ class Compiler:
                 numeric_text = value.__class__ is str and to_number(value) == to_number(value)
                 if not numeric_text and value is not None:
                     self.error(f"{path}[{i}]", "must be a number")
-        fns = tuple(node.fn for node in nodes)
-        if op == "+":
-            fn: Evaluator = lambda data: _add([f(data) for f in fns])  # noqa: E731
-        elif op == "*":
-            fn = lambda data: _multiply([f(data) for f in fns])  # noqa: E731
-        elif op == "-":
-            if len(fns) == 1:
-                f0 = fns[0]
-                fn = lambda data: -to_number(f0(data))  # noqa: E731
-            else:
-                f0, f1 = fns
-                fn = lambda data: _subtract(f0(data), f1(data))  # noqa: E731
-        elif op == "/":
-            f0, f1 = fns
-            fn = lambda data: _divide(f0(data), f1(data))  # noqa: E731
-        elif op == "%":
-            f0, f1 = fns
-            fn = lambda data: _modulo(f0(data), f1(data))  # noqa: E731
-        else:
-            pick = max if op == "max" else min
-            fn = lambda data: _extreme(pick, [f(data) for f in fns])  # noqa: E731
-        return Node(_guard_overflow(fn))
+        if op == "-" and len(nodes) == 1:
+            return self._call("_negate", nodes)
+        return self._call(_ARITH_HELPERS[op], nodes)
 
     def _op_cat(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
-        fns = tuple(node.fn for node in self._args(args, path, schema))
-        return Node(lambda data: "".join([to_string(f(data)) for f in fns]))
+        return self._call("_cat", self._args(args, path, schema))
 
     def _op_substr(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
         nodes = self._args(args, path, schema)
         for i, node in enumerate(nodes[1:], start=1):
             if node.const and not _is_number(node.value):
                 self.error(f"{path}[{i}]", "must be a number")
-        fns = tuple(node.fn for node in nodes)
-        if len(fns) == 2:
-            f0, f1 = fns
-            return Node(lambda data: _substr(f0(data), f1(data)))
-        f0, f1, f2 = fns
-        return Node(lambda data: _substr(f0(data), f1(data), f2(data)))
+        return self._call("_substr", nodes)
 
     def _op_merge(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
-        fns = tuple(node.fn for node in self._args(args, path, schema))
-        return Node(lambda data: _merge([f(data) for f in fns]))
+        return self._call("_merge", self._args(args, path, schema))
 
     # -- arrays ------------------------------------------------------------------------------
+
+    def _scoped(self, expr: Any, path: str, schema: Any) -> tuple[str, Node]:
+        """Compile `expr` as the body of a one-argument lambda; return (parameter, body)."""
+        saved = self._data, self._root
+        self._data, self._root = self.fresh("_e"), False
+        try:
+            return self._data, self.compile(expr, path, schema)
+        finally:
+            self._data, self._root = saved
 
     def _op_array(self, op: str, args: list[Any], path: str, schema: Any) -> Node:
         source = self.compile(args[0], f"{path}[0]", schema)
         if source.const and source.value.__class__ is not list:
             return self.error(f"{path}[0]", "must be an array")
         element = source.schema.element if isinstance(source.schema, ListOf) else ANY
-        fs = source.fn
         if op == "reduce":
+            initial = self.compile(args[2], f"{path}[2]", schema).src if len(args) > 2 else "None"
             scope = {"current": element, "accumulator": ANY}
-            body = self.compile(args[1], f"{path}[1]", scope).fn
-            initial = self.compile(args[2], f"{path}[2]", schema).fn if len(args) > 2 else None
-
-            def reduce_(data: Any) -> Any:
-                accumulator = initial(data) if initial is not None else None
-                items = fs(data)
-                if items.__class__ is not list:
-                    return accumulator
-                for item in items:
-                    accumulator = body({"current": item, "accumulator": accumulator})
-                return accumulator
-
-            return Node(reduce_)
-        body_node = self.compile(args[1], f"{path}[1]", element)
-        body = body_node.fn
-        test = body if body_node.boolean else (lambda item: truthy(body_node.fn(item)))
+            param, body = self._scoped(args[1], f"{path}[1]", scope)
+            return Node(f"_reduce({source.src}, (lambda {param}: {body.src}), {initial})")
         field_test = _element_equals(args[1])
-        if op == "some" and field_test is not None:
+        if op == "some" and field_test is not None and resolve_schema(
+            element, (field_test[0],)
+        ) is not None:
             key, constant = field_test
-            index = _index_of(key)
-
-            # {"some": [list, {"==": [{"var": "category"}, "red"]}]} without a call per element.
-            def some_equal(data: Any) -> bool:
-                items = fs(data)
-                if items.__class__ is not list:
-                    return False
-                for item in items:
-                    value = item.get(key) if item.__class__ is dict else _step(item, key, index)
-                    if value.__class__ is str:
-                        if value == constant:
-                            return True
-                    elif value is not None and loose_equals(value, constant):
-                        return True
-                return False
-
-            return Node(some_equal, boolean=True)
-        if op == "some":
-
-            def some(data: Any) -> bool:
-                items = fs(data)
-                return items.__class__ is list and any(test(item) for item in items)
-
-            return Node(some, boolean=True)
-        if op == "all":
-
-            def all_(data: Any) -> bool:
-                items = fs(data)
-                return items.__class__ is list and bool(items) and all(test(i) for i in items)
-
-            return Node(all_, boolean=True)
-        if op == "none":
-
-            def none(data: Any) -> bool:
-                items = fs(data)
-                return items.__class__ is not list or not any(test(item) for item in items)
-
-            return Node(none, boolean=True)
+            key_name, text = self.constant_name(key), self.constant_name(constant)
+            slow = f"_some_equal({source.src}, {key_name}, {_index_of(key)!r}, {text})"
+            if self._root and self._precompute and source.simple and not source.const:
+                # Evaluated many times per call: the list's values are collected once.
+                values = self._values.get((source.src, key))
+                if values is None:
+                    values = self._values[source.src, key] = f"_s{len(self._values)}"
+                    self.prelude.append(f"{values} = _string_values({source.src}, {key_name})")
+                return Node(f"({text} in {values} if {values} is not None else {slow})",
+                            boolean=True)
+            return Node(slow, boolean=True)
+        param, body = self._scoped(args[1], f"{path}[1]", element)
         if op == "map":
+            return Node(f"_map({source.src}, (lambda {param}: {body.src}))")
+        function = f"(lambda {param}: {self.test(body)})"
+        if op == "filter":
+            return Node(f"_filter({source.src}, {function})", schema=source.schema)
+        return Node(f"_{op}({source.src}, {function})", boolean=True)
 
-            def map_(data: Any) -> list[Any]:
-                items = fs(data)
-                return [body(item) for item in items] if items.__class__ is list else []
 
-            return Node(map_)
+def _same_kind_guard(low: Node, high: Node) -> str | None:
+    """Return the class test under which a variable compares natively with both constants."""
+    if not (low.const and high.const):
+        return None
+    if low.value.__class__ is str and high.value.__class__ is str:
+        return "is str"
+    if _is_number(low.value) and _is_number(high.value):
+        return "in _NUMERIC"
+    return None
 
-        def filter_(data: Any) -> list[Any]:
-            items = fs(data)
-            return [item for item in items if test(item)] if items.__class__ is list else []
 
-        return Node(filter_, schema=source.schema)
+_ARITH_HELPERS = {"+": "_add", "*": "_multiply", "-": "_subtract", "/": "_divide",
+                  "%": "_modulo", "max": "_max", "min": "_min"}
 
 
 def _element_equals(expr: Any) -> tuple[str, str] | None:
@@ -909,13 +1051,6 @@ def _element_equals(expr: Any) -> tuple[str, str] | None:
     if not isinstance(name, str) or not name or "." in name:
         return None
     return name, constant
-
-
-def _if_step(condition: Evaluator, then: Evaluator, otherwise: Evaluator) -> Evaluator:
-    def if_(data: Any) -> Any:
-        return then(data) if truthy(condition(data)) else otherwise(data)
-
-    return if_
 
 
 _METHOD = {
@@ -993,18 +1128,89 @@ def _item_field(expr: Any) -> str | None:
     return None
 
 
+def _function_source(compiler: Compiler, body: list[str]) -> str:
+    params = ", ".join(f"_k{i}" for i in range(len(compiler.constants)))
+    lines = [f"def _factory({params}):", "    def _fn(data):"]
+    lines += [f"        {line}" for line in compiler.prelude + body]
+    lines += ["    return _fn", ""]
+    return "\n".join(lines)
+
+
+_TOO_DEEP = (RecursionError, SyntaxError, MemoryError)
+
+
+def _compile(expr: Any, path: str, errors: Errors, schema: Any, predicate: bool) -> Evaluator:
+    try:
+        compiler = Compiler(errors)
+        node = compiler.compile(expr, path, schema)
+        body = [f"return {compiler.test(node) if predicate else node.src}"]
+        return build_function(_function_source(compiler, body), compiler.constants)
+    except _TOO_DEEP:
+        # Python's parser and compiler bound the nesting of one expression.
+        errors.setdefault(path, []).append("is too deeply nested")
+        return (lambda data: False) if predicate else (lambda data: None)
+
+
 def compile_logic(expr: Any, path: str, errors: Errors, schema: Any = ANY) -> Evaluator:
-    """Compile `expr` to a closure computing its JsonLogic value; problems go into `errors`."""
-    return Compiler(errors).compile(expr, path, schema).fn
+    """Compile `expr` to a function computing its JsonLogic value; problems go into `errors`."""
+    return _compile(expr, path, errors, schema, predicate=False)
 
 
 def compile_predicate(expr: Any, path: str, errors: Errors, schema: Any = ANY) -> Evaluator:
-    """Compile `expr` to a closure returning its JsonLogic truthiness as a bool."""
-    node = Compiler(errors).compile(expr, path, schema)
-    if node.boolean:
-        return node.fn
-    fn = node.fn
-    return lambda data: truthy(fn(data))
+    """Compile `expr` to a function returning its JsonLogic truthiness as a bool."""
+    return _compile(expr, path, errors, schema, predicate=True)
+
+
+def compile_selector(
+    predicates: list[tuple[str, Any] | None], schema: Any = ANY
+) -> tuple[Callable[[Any], tuple[bool, ...]], set[int]]:
+    """Compile many predicates into one function returning a tuple of their truth values.
+
+    Each entry is (key, expr), or None for a position that is always True; entries sharing a
+    key are computed once, and every variable is read once per call, whichever predicates use
+    it. Returns the function and the positions whose expression did not compile (those are
+    always True in the tuple).
+    """
+    compiler = Compiler({}, precompute=True)
+    shared: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for entry in predicates:
+        if entry is not None:
+            counts[entry[0]] = counts.get(entry[0], 0) + 1
+    failed: set[int] = set()
+    lines: list[str] = []
+    values: list[str] = []
+    for position, entry in enumerate(predicates):
+        if entry is None:
+            values.append("True")
+            continue
+        key, expr = entry
+        name = shared.get(key)
+        if name is None:
+            compiler.errors = {}
+            try:
+                source = compiler.test(compiler.compile(expr, "$", schema))
+            except RecursionError:
+                compiler.errors["$"] = ["is too deeply nested"]
+            if compiler.errors:
+                failed.add(position)
+                values.append("True")
+                continue
+            if counts[key] == 1:
+                values.append(source)
+                continue
+            name = shared[key] = f"_c{len(shared)}"
+            lines.append(f"{name} = {source}")
+        values.append(name)
+    body = lines + ["return (" + "".join(f"{value}, " for value in values) + ")"]
+    try:
+        # One per rule set: its shape is the rule set's, not worth keeping.
+        source = _function_source(compiler, body)
+        return build_function(source, compiler.constants, cache=False), failed
+    except _TOO_DEEP:
+        everything = tuple(True for _ in predicates)
+        return (lambda data: everything), {
+            position for position, entry in enumerate(predicates) if entry is not None}
 
 
 def apply_logic(expr: Any, data: Any = None) -> Any:

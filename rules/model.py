@@ -206,6 +206,63 @@ class Evaluation:
     consumed: dict[str, Usage]
 
 
+# The member descriptors of Evaluation's slots, where a LazyEvaluation keeps its values.
+_POINTS = Evaluation.__dict__["points"]
+_SLOTS = {name: Evaluation.__dict__[name] for name in ("awards", "outcomes", "consumed")}
+
+
+class LazyEvaluation(Evaluation):
+    """An Evaluation whose awards, outcomes and consumed usage are built on first access.
+
+    The engine records one compact entry per rule while evaluating (see engine.Record); the
+    objects the fields hold are derived from it when read, then kept. It compares equal to an
+    Evaluation with the same fields and shows as one.
+    """
+
+    __slots__ = ("_record",)
+
+    def __init__(self, points: int, awards: tuple[Award, ...],
+                 outcomes: tuple[RuleOutcome, ...], consumed: dict[str, Usage]) -> None:
+        # As Evaluation's (dataclasses.replace calls it): every field given, nothing to build.
+        _POINTS.__set__(self, points)
+        for slot, value in zip(_SLOTS.values(), (awards, outcomes, consumed), strict=True):
+            slot.__set__(self, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Evaluation, (self.points, self.awards, self.outcomes, self.consumed))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Evaluation):
+            return NotImplemented
+        return (self.points, self.awards, self.outcomes, self.consumed) == (
+            other.points, other.awards, other.outcomes, other.consumed)
+
+    __hash__ = Evaluation.__hash__
+
+    def __repr__(self) -> str:
+        return (f"Evaluation(points={self.points!r}, awards={self.awards!r}, "
+                f"outcomes={self.outcomes!r}, consumed={self.consumed!r})")
+
+
+def _lazy_field(name: str) -> property:
+    slot = _SLOTS[name]
+
+    def get(self: LazyEvaluation) -> Any:
+        try:
+            return slot.__get__(self, Evaluation)
+        except AttributeError:
+            values = self._record.materialise()
+            for field_slot, value in zip(_SLOTS.values(), values, strict=True):
+                field_slot.__set__(self, value)
+            return slot.__get__(self, Evaluation)
+
+    return property(get, doc=f"The evaluation's {name}, built on first access.")
+
+
+for _name in ("awards", "outcomes", "consumed"):
+    setattr(LazyEvaluation, _name, _lazy_field(_name))
+
+
 @dataclass(frozen=True, slots=True)
 class Quote:
     """Points a redemption spends and the minor units they are worth."""

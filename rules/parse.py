@@ -264,6 +264,18 @@ class _Parser:
         return starts_at, ends_at
 
 
+def _copy_json(value: Any) -> Any:
+    """Return a deep copy of a JSON tree (what compiled JsonLogic holds), faster than deepcopy."""
+    cls = value.__class__
+    if cls is dict:
+        return {key: _copy_json(item) for key, item in value.items()}
+    if cls is list:
+        return [_copy_json(item) for item in value]
+    if cls in (str, int, float, bool) or value is None:
+        return value
+    return copy.deepcopy(value)
+
+
 def _canonical(logic: Any) -> str:
     return json.dumps(logic, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -345,8 +357,8 @@ def compile_rule(data: Mapping, *, rule_id: str, version: int = 1) -> Rule:
         starts_at=starts_at,
         ends_at=ends_at,
         # Copies: the compiled closures must keep describing what the rule shows.
-        conditions=copy.deepcopy(conditions),
-        item_filter=copy.deepcopy(item_filter),
+        conditions=_copy_json(conditions),
+        item_filter=_copy_json(item_filter),
         condition_fn=condition_fn,
         condition_key=None if conditions is None else _canonical(conditions),
         item_filter_fn=item_filter_fn,

@@ -6,7 +6,9 @@ deliberate differences are left out of the generator:
 - `===`/`in` between booleans and numbers (Python's True == 1; JavaScript's true !== 1);
 - relations with null or between two arrays (the reference compares them as strings);
 - non-numeric strings inside arithmetic with max/min (the reference lets NaN fall out of max);
-- division and modulo (the reference raises on zero and takes Python's modulo sign).
+- division and modulo (the reference raises on zero and takes Python's modulo sign);
+- booleans and negative zero inside `cat` (the reference writes "True" and "-0"; JavaScript
+  writes "true" and "0").
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _booleans(children):
             lambda t: {"in": list(t)}),
         st.tuples(st.sampled_from(["some", "all", "none"]), ELEMENT_TESTS).map(
             lambda t: {t[0]: [{"var": "l"}, t[1]]}),
-        st.lists(value, min_size=1, max_size=3).map(lambda xs: {"cat": xs}),
+        st.lists(any_leaf, min_size=1, max_size=3).map(lambda xs: {"cat": xs}),
     )
 
 
