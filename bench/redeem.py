@@ -46,8 +46,6 @@ POINTS = 10                 # each redemption
 PLENTY = 10**12             # a balance no run can exhaust
 PROBE_SUCCESSES = 100       # the probe member's balance covers exactly this many redemptions
 PROBE_ATTEMPTS_EACH = 4     # per client: 50 × 4 = 200 attempts for 100 possible
-TARGET_DISTINCT = 200       # redemptions/s, 50 clients on distinct members
-TARGET_ONE_MEMBER = 100     # redemptions/s, 50 clients on one member
 
 
 def log(message: str) -> None:
@@ -329,10 +327,10 @@ def main() -> None:
                    and probe["counts"].get("422 insufficient_points", 0) == refused
                    and found["probe_balance"] == 0)
     figures = [
-        figure(f"redeem_{clients}_clients_distinct_members", spread["per_s"], "redemptions/s",
-               f">= {TARGET_DISTINCT}", spread["per_s"] >= TARGET_DISTINCT),
-        figure(f"redeem_{clients}_clients_one_member", shared["per_s"], "redemptions/s",
-               f">= {TARGET_ONE_MEMBER}", shared["per_s"] >= TARGET_ONE_MEMBER),
+        # Throughput has no target of its own (the issue asks for the figures and for zero
+        # overdrafts); the purchase-path targets of the speed work apply to it too.
+        figure(f"redeem_{clients}_clients_distinct_members", spread["per_s"], "redemptions/s"),
+        figure(f"redeem_{clients}_clients_one_member", shared["per_s"], "redemptions/s"),
         figure("overdrafts", overdrafts, "count (database)", "0", overdrafts == 0),
         figure("invariant_violations", invariant_breaks, "count (database)", "0", invariant_breaks == 0),
         figure("probe_successes", probe["counts"].get(201, 0), "redemptions",
