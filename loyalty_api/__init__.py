@@ -11,8 +11,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 
 from .config import INSTANCE_DIR, load_config
-from .errors import register_error_handlers
-from .extensions import api, db, migrate
+from .errors import NotFound, register_error_handlers
+from .extensions import api, db, migrate, unstorable
 from .transactions import configure_engine
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
@@ -62,7 +62,16 @@ def create_app(config: dict | None = None) -> Flask:
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "API key or member token"})
     _register_blueprints()
     _add_security_headers(app)
+    _refuse_unstorable_path_values(app)
     return app
+
+
+def _refuse_unstorable_path_values(app: Flask) -> None:
+    @app.url_value_preprocessor
+    def refuse(_endpoint, values):
+        # No id can hold NUL or a lone surrogate; PostgreSQL would refuse the query itself.
+        if values and any(isinstance(v, str) and unstorable(v) for v in values.values()):
+            raise NotFound("No such resource")
 
 
 def _ping_idle_connections(engine: Engine, idle_seconds: float) -> None:

@@ -205,7 +205,9 @@ def register_error_handlers(app: Flask) -> None:
         detail = err.description if status != 422 or not errors else "Some fields are not valid"
         if err.code == 400:
             detail = "The body is not valid JSON" if not errors else detail
-        return problem(status, code, title, detail, errors)
+        # A 405 names the methods the resource has (RFC 9110 requires the Allow header).
+        allow = {"Allow": ", ".join(err.valid_methods)} if getattr(err, "valid_methods", None) else None
+        return problem(status, code, title, detail, errors, allow)
 
     @app.errorhandler(OperationalError)
     def handle_database_down(err: OperationalError):

@@ -1,6 +1,7 @@
 """Extension objects, created unbound and initialised by create_app."""
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ import flask_sqlalchemy.session
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
+from marshmallow import ValidationError
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, registry
@@ -104,6 +106,47 @@ class StrictParser(FlaskParser):
             raise
         except (ValueError, RecursionError) as err:
             raise json.JSONDecodeError(str(err), "", 0) from err
+
+    def load_json(self, req, schema):
+        data = super().load_json(req, schema)
+        if data is missing:
+            # Every body the API takes is documented as required: no body is not `{}`.
+            raise ValidationError({"_schema": ["a JSON object body is required"]})
+        _refuse_unstorable_text(data, "")
+        return data
+
+    def load_querystring(self, req, schema):
+        data = super().load_querystring(req, schema)
+        for name, value in req.args.items(multi=True):
+            _refuse_unstorable_text(value, name)
+        return data
+
+
+# NUL cannot be stored in PostgreSQL text or JSONB; a lone surrogate (\ud800 written in JSON)
+# is not Unicode and cannot be encoded to UTF-8 by any driver.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(text: str) -> bool:
+    """Return whether `text` holds a character no database column can store."""
+    return _UNSTORABLE.search(text) is not None
+
+
+def _refuse_unstorable_text(value, path: str) -> None:
+    """Raise a ValidationError naming the first string (or key) under `value` that cannot be stored."""
+    if isinstance(value, str):
+        if unstorable(value):
+            raise ValidationError({path or "_schema": ["must not contain NUL or unpaired surrogate characters"]})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            if unstorable(key):
+                raise ValidationError({path or "_schema": ["keys must not contain NUL or unpaired surrogate "
+                                                           "characters"]})
+            _refuse_unstorable_text(item, child)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_unstorable_text(item, f"{path}.{index}" if path else str(index))
 
 
 # Every blueprint's @arguments is built with this parser (set before any routes module loads);

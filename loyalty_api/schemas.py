@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 from marshmallow import Schema, fields, validate
 
+from .pagination import CURSOR_PATTERN
 from .timeutil import isoformat
 
 MAX_POINTS = 10**12  # far beyond any real balance, far below BIGINT
@@ -23,6 +24,15 @@ def Points(nonzero: bool = False, **kwargs):
 def Money(minimum: int = 0, **kwargs):
     """An amount in minor units (cents), at least `minimum`."""
     return fields.Integer(strict=True, validate=validate.Range(minimum, MAX_MONEY), **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON true or false; marshmallow's Boolean would also take "yes", 1 or "on"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
 
 
 def ClientId(**kwargs):
@@ -59,7 +69,9 @@ class StrictSchema(Schema):
 
 class ListQuerySchema(StrictSchema):
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
-    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+    cursor = fields.String(load_default=None,
+                           validate=validate.Regexp(CURSOR_PATTERN, error="is not a cursor this API returned"),
+                           metadata={"description": "next_cursor of the previous page"})
 
 
 class ProblemSchema(Schema):

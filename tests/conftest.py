@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 from flask_migrate import upgrade
+from hypothesis import settings
 from sqlalchemy import create_engine, text
 
 from loyalty_api import create_app
@@ -18,6 +19,12 @@ from loyalty_api.extensions import Session, db
 from loyalty_api.timeutil import freeze
 
 from .helpers import ApiClient
+
+# CI explores the same examples on every run, so that a red build is reproducible and a
+# green one is not luck; developers' runs (and `make fuzz`) draw new examples each time.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 DATABASE_URL = os.environ.get("LOYALTY_TEST_DATABASE_URL", "")
 IS_POSTGRES = DATABASE_URL.startswith("postgresql")
@@ -100,3 +107,14 @@ def keys(session):
 def api(app, session, keys):
     """An HTTP client with the admin key; `api.as_role("pos")` switches credentials."""
     return ApiClient(app.test_client(), keys, "admin")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Report how many cases the API fuzzing sent (RELIABILITY.md records the figure)."""
+    import sys
+
+    fuzz = sys.modules.get("tests.test_fuzz_api")
+    if fuzz is not None and fuzz.CASES:
+        statuses = ", ".join(f"{k // 100}xx: {v}" for k, v in sorted(fuzz.STATUSES.items()))
+        terminalreporter.write_line(f"API fuzzing: {sum(fuzz.CASES.values())} cases over {len(fuzz.CASES)} "
+                                    f"operations ({statuses}); {fuzz.EXAMPLES} examples per phase")

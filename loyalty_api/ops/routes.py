@@ -13,14 +13,20 @@ blp = Blueprint("ops", __name__, description="Operations")
 SPEC_FILE = Path(__file__).resolve().parents[2] / "openapi.yaml"
 
 
+def _status_doc(value: str) -> dict:
+    schema = {"type": "object", "additionalProperties": False, "required": ["status"],
+              "properties": {"status": {"type": "string", "enum": [value]}}}
+    return {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}
+
+
 @blp.route("/healthz")
-@blp.doc(security=[])
+@blp.doc(security=[], responses=_status_doc("ok"))
 def healthz():
     return {"status": "ok"}
 
 
 @blp.route("/readyz")
-@blp.doc(security=[])
+@blp.doc(security=[], responses=_status_doc("ready"))
 def readyz():
     try:
         db.session.execute(text("SELECT 1"))
@@ -32,7 +38,8 @@ def readyz():
 
 
 @blp.route("/openapi.yaml")
-@blp.doc(security=[])
+@blp.doc(security=[], responses={"200": {"description": "This document",
+                                         "content": {"application/yaml": {"schema": {"type": "object"}}}}})
 def openapi_yaml():
     from ..openapi import render_spec
 

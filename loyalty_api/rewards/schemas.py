@@ -1,6 +1,6 @@
 from marshmallow import fields, validate
 
-from ..schemas import MAX_POINTS, ListQuerySchema, StrictSchema, Timestamp
+from ..schemas import MAX_POINTS, ListQuerySchema, StrictBoolean, StrictSchema, Timestamp
 
 CODE = validate.Length(min=1, max=64)
 TIER_CODES = fields.List(fields.String(validate=CODE), validate=validate.Length(max=50),
@@ -14,7 +14,7 @@ class _RewardFields(StrictSchema):
     stock = fields.Integer(strict=True, allow_none=True, validate=validate.Range(0, MAX_POINTS),
                            metadata={"description": "Units left; null is unlimited"})
     tiers = TIER_CODES
-    active = fields.Boolean()
+    active = StrictBoolean()
 
 
 class RewardCreateSchema(_RewardFields):

@@ -1,7 +1,7 @@
 from marshmallow import fields, validate
 
 from ..purchases.schemas import EVENT_TYPE, MAX_ITEMS, AwardSchema, PurchaseItemSchema
-from ..schemas import CURRENCY, ID_LENGTH, ListQuerySchema, Money, StrictSchema, Timestamp
+from ..schemas import CURRENCY, ID_LENGTH, ListQuerySchema, Money, StrictBoolean, StrictSchema, Timestamp
 
 STATUSES = ["draft", "active", "paused", "archived"]
 
@@ -16,7 +16,7 @@ class _RuleFields(StrictSchema):
     item_filter = fields.Raw(allow_none=True)
     effect = fields.Dict()
     priority = fields.Integer(strict=True, validate=validate.Range(-1_000_000, 1_000_000))
-    exclusive = fields.Boolean()
+    exclusive = StrictBoolean()
     limits = fields.Dict(allow_none=True)
     starts_at = fields.String(allow_none=True, validate=validate.Length(max=64))
     ends_at = fields.String(allow_none=True, validate=validate.Length(max=64))

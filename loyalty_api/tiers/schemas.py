@@ -13,17 +13,24 @@ class Multiplier(fields.Float):
     """A factor given as a JSON number, loaded as an exact Decimal of at most 4 places."""
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")  # a JSON number, never a numeric string
         number = super()._deserialize(value, attr, data, **kwargs)
         exact = Decimal(str(number))
-        if exact != exact.quantize(Decimal("0.0001")):
+        if abs(exact) > 10**6:  # out of range (the validator says so); quantize would overflow
+            return exact
+        places = exact.quantize(Decimal("0.0001"))
+        # 3 × 0.0001 arrives as 0.00030000000000000003: tolerate binary float noise, not a 5th place.
+        if abs(exact - places) > Decimal("1e-12"):
             raise ValidationError("must have at most 4 decimal places")
-        return exact.quantize(Decimal("0.0001"))
+        return places
 
 
 def _multiplier(**kwargs):
     """An exact decimal factor applied to base points; 1 means none."""
     return Multiplier(validate=validate.Range(1, 100), allow_nan=False,
-                      metadata={"description": "Factor on the base points of the tier's members (1 to 100, "
+                      metadata={"multipleOf": 0.0001,
+                                "description": "Factor on the base points of the tier's members (1 to 100, "
                                                "at most 4 decimal places)"}, **kwargs)
 
 
