@@ -10,7 +10,17 @@ from .timeutil import isoformat
 MAX_POINTS = 10**12  # far beyond any real balance, far below BIGINT
 MAX_MONEY = 10**13   # 100 billion in major units
 ID_LENGTH = validate.Length(min=1, max=200)
-CURRENCY = validate.Regexp(r"^[A-Z]{3}$", error="must be an ISO 4217 code such as EUR")
+# ISO 4217 codes of currencies in use (not metals, fund units for testing or "no currency").
+ISO_4217 = frozenset("""
+AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN BWP BYN BZD
+CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL
+GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD
+KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO
+NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS
+SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND
+VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG ZWL
+""".split())  # noqa: SIM905 (a table reads better than 170 quoted strings)
+CURRENCY = validate.OneOf(sorted(ISO_4217), error="must be an ISO 4217 currency code such as EUR")
 
 
 def Points(nonzero: bool = False, **kwargs):

@@ -1,4 +1,4 @@
-"""Every field of every main request body, fed what it must refuse; nothing may be written.
+"""Every field of every request body, fed what it must refuse; nothing may be written.
 
 The fields and their types come from openapi.yaml, the bodies are valid but for the one field
 under test, and each refusal must be a 4xx problem naming that field, with the database as it
@@ -32,7 +32,7 @@ def _schema(method: str, path: str) -> dict:
     return SPEC["components"]["schemas"][ref.rsplit("/", 1)[1]]
 
 
-def _bad_values(field: str, prop: dict) -> list:
+def _bad_values(field: str, prop: dict, path: str) -> list:
     """What a field of this schema must refuse (as JSON text, so NaN-free and surrogate-capable)."""
     kind = prop.get("type")
     values = [] if prop.get("nullable") else ["null"]
@@ -46,7 +46,9 @@ def _bad_values(field: str, prop: dict) -> list:
             values += ['"2026-13-01T00:00:00Z"', '"2026-03-10T11:00:00"', '"2026-03-10T11:00:00+25:00"',
                        '"yesterday"', '"2026-03-10 11:00"', '"\u0662\u0660\u0662\u0666-03-10T11:00:00Z"']
         if field == "currency":  # unknown or malformed ISO 4217 codes, and look-alikes
-            values += ['"eur"', '"EURO"', '"\u20ac"', '"E\u0301UR"', '"XXX"', '"USD"']
+            values += ['"eur"', '"EURO"', '"\u20ac"', '"E\u0301UR"', '"XXX"', '"QQQ"']
+            if path != "/v1/program":  # any real currency may become the program's
+                values.append('"USD"')
         elif "pattern" in prop:
             values += ['"has space"', '"\u202eevil"']
         if "enum" in prop:
@@ -68,12 +70,14 @@ def _bad_values(field: str, prop: dict) -> list:
 
 @pytest.fixture
 def world(api):
-    make_rule(api)
+    rule = make_rule(api)
     api.post("/v1/rules", json={"name": "burn", "kind": "burn", "trigger": "redemption", "status": "active",
                                 "effect": {"type": "conversion", "points": 1, "value": 1}})
     member = make_member(api, "bad-1")
     assert api.post("/v1/purchases", json=purchase_body(member["id"], "bad-t0", total=100000)).status_code == 201
     m = member["id"]
+    tier = api.post("/v1/tiers", json={"code": "silver", "name": "Silver", "rank": 9, "threshold": 50}).json
+    reward = api.post("/v1/rewards", json={"code": "cup", "name": "Cup", "cost_points": 5}).json
     return {
         ("post", "/v1/purchases"): ("/v1/purchases", purchase_body(
             m, "bad-t1", items=[{"sku": "a", "category": "c", "quantity": 1, "unit_price": 10000}], channel="web",
@@ -93,6 +97,16 @@ def world(api):
                                               "multiplier": 1.5, "benefits": ["x"]}),
         ("post", "/v1/rewards"): ("/v1/rewards", {"code": "mug", "name": "Mug", "cost_points": 10, "stock": 1,
                                                   "tiers": [], "active": True}),
+        ("post", "/v1/purchases/batch"): ("/v1/purchases/batch", {"purchases": [purchase_body(m, "bad-b1")]}),
+        ("post", "/v1/members/{member_id}/redemptions/quote"): (f"/v1/members/{m}/redemptions/quote",
+                                                                {"order_total": 5000, "channel": "web"}),
+        ("patch", "/v1/members/{member_id}"): (f"/v1/members/{m}", {"name": "B", "status": "active"}),
+        ("patch", "/v1/program"): ("/v1/program", {"pending_days": 0, "tier_metric": "points"}),
+        ("post", "/v1/rules"): ("/v1/rules", {"name": "r", "kind": "earn", "trigger": "purchase", "priority": 1,
+                                              "effect": {"type": "fixed", "points": 1}}),
+        ("patch", "/v1/rules/{rule_id}"): (f"/v1/rules/{rule['id']}", {"priority": 2}),
+        ("patch", "/v1/tiers/{tier_id}"): (f"/v1/tiers/{tier['id']}", {"name": "Silver"}),
+        ("patch", "/v1/rewards/{reward_id}"): (f"/v1/rewards/{reward['id']}", {"name": "Cup"}),
     }
 
 
@@ -100,7 +114,10 @@ def _cases():
     for method, path in [("post", "/v1/purchases"), ("post", "/v1/purchases/{transaction_id}/refunds"),
                          ("post", "/v1/events"), ("post", "/v1/members/{member_id}/redemptions"),
                          ("post", "/v1/members/{member_id}/adjustments"), ("post", "/v1/members"),
-                         ("post", "/v1/tiers"), ("post", "/v1/rewards")]:
+                         ("post", "/v1/tiers"), ("post", "/v1/rewards"), ("post", "/v1/purchases/batch"),
+                         ("post", "/v1/members/{member_id}/redemptions/quote"), ("patch", "/v1/members/{member_id}"),
+                         ("patch", "/v1/program"), ("post", "/v1/rules"), ("patch", "/v1/rules/{rule_id}"),
+                         ("patch", "/v1/tiers/{tier_id}"), ("patch", "/v1/rewards/{reward_id}")]:
         for field, prop in _schema(method, path).get("properties", {}).items():
             if prop.get("readOnly"):
                 continue
@@ -117,7 +134,7 @@ def test_every_bad_value_of_every_field_is_refused_and_writes_nothing(api, sessi
     prop = _schema(method, template)["properties"][field]
     before = _counts(session)
     failures = []
-    for bad in _bad_values(field, prop):
+    for bad in _bad_values(field, prop, template):
         valid = json.dumps({k: v for k, v in body.items() if k != field})
         data = valid[:-1] + (", " if len(valid) > 2 else "") + f'"{field}": {bad}' + "}"
         r = api.request(method.upper(), path, data=data, headers={"Content-Type": "application/json"})
