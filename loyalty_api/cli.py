@@ -46,6 +46,16 @@ def serve(host, port, workers, threads):
     Server().run()
 
 
+def _yield_cpu_to_requests() -> None:
+    """Lower this process's CPU priority: jobs may take longer, requests beside them may not.
+
+    LOYALTY_JOBS_NICE (default 10; 0 keeps the priority) is added to the process's niceness.
+    """
+    increment = int(os.environ.get("LOYALTY_JOBS_NICE", 10))
+    if increment > 0 and hasattr(os, "nice"):
+        os.nice(increment)
+
+
 @main.group()
 def db():
     """Database schema."""
@@ -111,6 +121,7 @@ def run_job_command(name, chunk_size):
 
     if name not in JOBS:
         raise click.BadParameter(f"unknown job; one of: {', '.join(JOBS)}", param_hint="NAME")
+    _yield_cpu_to_requests()
     app = _app()
     with app.app_context():
         run = run_job(database.session, name, utcnow(), trigger="cli", chunk_size=chunk_size or CHUNK_SIZE)
@@ -124,6 +135,7 @@ def scheduler():
     """Run the jobs on their schedules (LOYALTY_SCHEDULE_*) until SIGTERM; one active per database."""
     from .jobs.scheduler import Scheduler
 
+    _yield_cpu_to_requests()
     process = Scheduler(_app())
     process.install_signal_handlers()
     sys.exit(process.run())

@@ -344,3 +344,18 @@ def test_members_are_walked_in_id_order_in_chunks(api, session):
     assert jobs.next_chunk_end(session, ids[3], 2) == ids[4]
     assert jobs.next_chunk_end(session, ids[4], 2) is None
     assert session.execute(select(Member.id).order_by(Member.id)).scalars().all() == ids
+
+
+def test_job_processes_yield_cpu_to_requests(monkeypatch):
+    """`loyalty jobs run` and `loyalty scheduler` lower their own CPU priority (LOYALTY_JOBS_NICE)."""
+    from loyalty_api import cli as cli_module
+
+    increments = []
+    monkeypatch.setattr(cli_module.os, "nice", increments.append)
+    monkeypatch.delenv("LOYALTY_JOBS_NICE", raising=False)
+    cli_module._yield_cpu_to_requests()
+    monkeypatch.setenv("LOYALTY_JOBS_NICE", "0")
+    cli_module._yield_cpu_to_requests()
+    monkeypatch.setenv("LOYALTY_JOBS_NICE", "5")
+    cli_module._yield_cpu_to_requests()
+    assert increments == [10, 5]
