@@ -26,8 +26,6 @@ import json
 import os
 import platform
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +35,18 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-import psycopg
 from sqlalchemy.engine import make_url
+
+from bench.ingest import (
+    connect,
+    env_int,
+    free_port,
+    loyalty_command,
+    recreate_database,
+    run_cli,
+    stop,
+    wait_ready,
+)
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/loyalty_bench_burn"
 HOST = "127.0.0.1"
@@ -50,10 +58,6 @@ PROBE_ATTEMPTS_EACH = 4     # per client: 50 × 4 = 200 attempts for 100 possibl
 
 def log(message: str) -> None:
     print(f"[redeem {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name) or default)
 
 
 class Client:
@@ -85,78 +89,6 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
-
-
-# --- the database and the server ----------------------------------------------------------------
-
-def libpq_params(url: str) -> dict:
-    parsed = make_url(url)
-    return {"host": parsed.host or HOST, "port": parsed.port or 5432, "user": parsed.username or "postgres",
-            "password": parsed.password, "dbname": parsed.database}
-
-
-def connect(url: str, **overrides) -> psycopg.Connection:
-    params = {k: v for k, v in {**libpq_params(url), **overrides}.items() if v is not None}
-    return psycopg.connect(**params, autocommit=True)
-
-
-def recreate_database(url: str) -> None:
-    """Drop and create the bench database (only one whose name says it is a bench's)."""
-    name = libpq_params(url)["dbname"]
-    if not name or not name.startswith("loyalty_bench"):
-        raise SystemExit(f"refusing to drop {name!r}: the bench database's name must start with loyalty_bench")
-    with connect(url, dbname="postgres") as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def loyalty_command() -> list[str]:
-    script = Path(sys.executable).parent / "loyalty"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "loyalty_api.cli"]
-
-
-def run_cli(args: list[str], env: dict) -> str:
-    done = subprocess.run(loyalty_command() + args, env=env, capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise RuntimeError(f"loyalty {' '.join(args)} failed:\n{done.stderr[-2000:]}")
-    return done.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(port: int, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}")
-        try:
-            conn = http.client.HTTPConnection(HOST, port, timeout=2)
-            conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not become ready")
-
-
-def stop(process: subprocess.Popen | None, grace: float = 15) -> None:
-    """Stop the server we started (its own process group): SIGTERM, then SIGKILL."""
-    if process is None or process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(grace)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
 
 
 # --- the load -----------------------------------------------------------------------------------
