@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import DomainError, MemberExists, MemberNotActive, NotFound
 from ..ids import new_id
-from ..ledger.services import Balance, balance_view, lock_balance, read_balance
+from ..ledger.services import Balance, expiring_view, load_expiry_groups, lock_balance
 from ..pagination import Page, decode_cursor, encode_cursor
 from ..program.services import ProgramSettings, get_program
 from ..tiers.models import Tier
@@ -29,27 +29,46 @@ def _new_referral_code() -> str:
     return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
 
 
+_MEMBER_VIEWS = (
+    select(Member.__table__, MemberBalance.__table__.c.available, MemberBalance.__table__.c.pending,
+           MemberBalance.__table__.c.lifetime_earned, Tier.__table__.c.code.label("tier_code"),
+           Tier.__table__.c.name.label("tier_name"))
+    .join(MemberBalance.__table__, MemberBalance.__table__.c.member_id == Member.__table__.c.id)
+    .outerjoin(Tier.__table__, Tier.__table__.c.id == Member.__table__.c.tier_id)
+    .where(Member.__table__.c.id.in_(bindparam("member_ids", expanding=True)))
+)
+
+
+def member_views(session: Session, member_ids: list[str], program: ProgramSettings) -> dict[str, dict]:
+    """Return members as the API shows them, with tier and balance, in two queries for any number."""
+    session.flush()  # the reads below go to the connection, past the session's autoflush
+    rows = session.connection().execute(_MEMBER_VIEWS, {"member_ids": member_ids}).all()
+    groups = load_expiry_groups(session, [row.id for row in rows], program)
+    views = {}
+    for row in rows:
+        balance = Balance(row.available, row.pending, row.lifetime_earned)
+        views[row.id] = {
+            "id": row.id,
+            "external_id": row.external_id,
+            "email": row.email,
+            "name": row.name,
+            "birthdate": row.birthdate,
+            "status": row.status,
+            "tier": {"code": row.tier_code, "name": row.tier_name} if row.tier_code is not None else None,
+            "referral_code": row.referral_code,
+            "enrolled_at": row.enrolled_at,
+            "metadata": row.metadata or {},
+            "stripe_customer_id": row.stripe_customer_id,
+            "balance": {"available": balance.available, "pending": balance.pending,
+                        "lifetime_earned": balance.lifetime_earned,
+                        "expiring": expiring_view(groups.get(row.id, {}), balance, program, row.last_activity_at)},
+        }
+    return views
+
+
 def member_view(session: Session, member: Member, program: ProgramSettings) -> dict:
     """Return a member as the API shows it, with tier and balance."""
-    tier = None
-    if member.tier_id is not None:
-        row = session.execute(select(Tier.code, Tier.name).where(Tier.id == member.tier_id)).first()
-        tier = {"code": row.code, "name": row.name}
-    balance = read_balance(session, member.id)
-    return {
-        "id": member.id,
-        "external_id": member.external_id,
-        "email": member.email,
-        "name": member.name,
-        "birthdate": member.birthdate,
-        "status": member.status,
-        "tier": tier,
-        "referral_code": member.referral_code,
-        "enrolled_at": member.enrolled_at,
-        "metadata": member.metadata_ or {},
-        "stripe_customer_id": member.stripe_customer_id,
-        "balance": balance_view(session, member.id, balance, program),
-    }
+    return member_views(session, [member.id], program)[member.id]
 
 
 def create_member(session: Session, data: Mapping, now: datetime) -> dict:
@@ -84,25 +103,25 @@ def create_member(session: Session, data: Mapping, now: datetime) -> dict:
 
 
 def get_member(session: Session, member_id: str) -> dict:
-    member = session.get(Member, member_id)
-    if member is None:
+    view = member_views(session, [member_id], get_program(session)).get(member_id)
+    if view is None:
         raise NotFound("No such member")
-    return member_view(session, member, get_program(session))
+    return view
 
 
 def list_members(session: Session, filters: Mapping, limit: int, cursor: str | None) -> Page:
     """Return members, newest first, optionally those with one external_id or email."""
-    query = select(Member).order_by(Member.id.desc()).limit(limit + 1)
+    query = select(Member.id).order_by(Member.id.desc()).limit(limit + 1)
     if filters.get("external_id") is not None:
         query = query.where(Member.external_id == filters["external_id"])
     if filters.get("email") is not None:
         query = query.where(Member.email == filters["email"])
     if cursor:
         query = query.where(Member.id < decode_cursor(cursor))
-    members = session.execute(query).scalars().all()
-    program = get_program(session)
-    data = [member_view(session, m, program) for m in members[:limit]]
-    return Page(data, encode_cursor(members[limit - 1].id) if len(members) > limit else None)
+    ids = session.execute(query).scalars().all()
+    views = member_views(session, ids[:limit], get_program(session))
+    return Page([views[member_id] for member_id in ids[:limit]],
+                encode_cursor(ids[limit - 1]) if len(ids) > limit else None)
 
 
 def update_member(session: Session, member_id: str, changes: Mapping, now: datetime) -> dict:
