@@ -34,8 +34,3 @@ def new_id() -> str:
             _last_ms = now_ms
             _last_random = int.from_bytes(os.urandom(10), "big") >> 1  # headroom for increments
         return _encode(now_ms, 10) + _encode(_last_random, 16)
-
-
-def new_ids(count: int) -> list[str]:
-    """Return `count` ids in increasing order."""
-    return [new_id() for _ in range(count)]

@@ -17,10 +17,6 @@ def freeze(moment: datetime | None) -> None:
     _frozen = moment
 
 
-def to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
 def isoformat(value: datetime | None) -> str | None:
     """Format a timestamp as RFC 3339 in UTC with a Z suffix."""
     if value is None:

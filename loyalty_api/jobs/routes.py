@@ -28,4 +28,4 @@ def run_job(name):
 @blp.response(200, JobRunPageSchema)
 def list_runs(query, name):
     page = run_read(lambda session: services.list_runs(session, name, query["limit"], query["cursor"]))
-    return {"data": page.data, "next_cursor": page.next_cursor}
+    return page

@@ -17,7 +17,7 @@ blp = Blueprint("ledger", __name__, url_prefix="/v1/members", description="Ledge
 @blp.response(200, LedgerPageSchema)
 def list_ledger(query, member_id):
     page = run_read(lambda session: services.list_ledger(session, member_id, query["limit"], query["cursor"]))
-    return {"data": page.data, "next_cursor": page.next_cursor}
+    return page
 
 
 @blp.route("/<member_id>/adjustments", methods=["POST"])

@@ -424,17 +424,6 @@ def expiring_view(groups: Mapping[datetime, int], balance: Balance, program: Pro
     return []
 
 
-def read_balance(session: Session, member_id: str) -> Balance:
-    """Return the balance without locking it."""
-    row = session.execute(
-        select(MemberBalance.available, MemberBalance.pending, MemberBalance.lifetime_earned)
-        .where(MemberBalance.member_id == member_id)
-    ).first()
-    if row is None:
-        raise NotFound("No such member")
-    return Balance(row.available, row.pending, row.lifetime_earned)
-
-
 def list_ledger(session: Session, member_id: str, limit: int, cursor: str | None) -> Page:
     """Return the member's ledger entries, newest first."""
     if session.get(Member, member_id) is None:

@@ -30,7 +30,7 @@ def create_member(data):
 @blp.response(200, MemberPageSchema)
 def list_members(query):
     page = run_read(lambda session: services.list_members(session, query, query["limit"], query["cursor"]))
-    return {"data": page.data, "next_cursor": page.next_cursor}
+    return page
 
 
 @blp.route("/<member_id>", methods=["GET"])

@@ -16,4 +16,4 @@ blp = Blueprint("referrals", __name__, url_prefix="/v1/members", description="Re
 def list_referrals(query, member_id):
     """Return the referrals the member made, newest first; a member token may read its own."""
     page = run_read(lambda session: services.list_referrals(session, member_id, query["limit"], query["cursor"]))
-    return {"data": page.data, "next_cursor": page.next_cursor}
+    return page

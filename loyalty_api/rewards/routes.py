@@ -27,7 +27,7 @@ def list_rewards(query):
     member_id = current_principal().member_id
     page = run_read(lambda session: services.list_rewards(session, query, query["limit"], query["cursor"],
                                                           member_id=member_id))
-    return {"data": page.data, "next_cursor": page.next_cursor}
+    return page
 
 
 @blp.route("/<reward_id>", methods=["GET"])

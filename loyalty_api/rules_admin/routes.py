@@ -34,7 +34,7 @@ def create_rule(data):
 @blp.response(200, RulePageSchema)
 def list_rules(query):
     page = run_read(lambda session: services.list_rules(session, query, query["limit"], query["cursor"]))
-    return {"data": page.data, "next_cursor": page.next_cursor}
+    return page
 
 
 @blp.route("/validate", methods=["POST"])

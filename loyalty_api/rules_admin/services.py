@@ -268,10 +268,3 @@ def _compile_inline(definitions) -> list[engine.Rule]:
 def award_view(award: engine.Award) -> dict:
     return {"rule_id": award.rule_id, "rule_version": award.rule_version, "rule_name": award.rule_name,
             "points": award.points}
-
-
-def reset_cache() -> None:
-    """Forget the compiled rule set (tests that swap databases call this)."""
-    global _cache
-    _cache = None
-

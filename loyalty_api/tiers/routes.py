@@ -25,7 +25,7 @@ def create_tier(data):
 @blp.response(200, TierPageSchema)
 def list_tiers(query):
     page = run_read(lambda session: services.list_tiers(session, query["limit"], query["cursor"]))
-    return {"data": page.data, "next_cursor": page.next_cursor}
+    return page
 
 
 @blp.route("/tiers/<tier_id>", methods=["GET"])
@@ -60,4 +60,4 @@ def delete_tier(tier_id):
 def list_tier_history(query, member_id):
     """Return the member's tier changes, newest first, each with its reason."""
     page = run_read(lambda session: services.list_tier_history(session, member_id, query["limit"], query["cursor"]))
-    return {"data": page.data, "next_cursor": page.next_cursor}
+    return page

@@ -44,7 +44,7 @@ def receive_webhook():
 @blp.response(200, StripeEventPageSchema)
 def list_events(query):
     page = run_read(lambda session: services.list_events(session, query["status"], query["limit"], query["cursor"]))
-    return {"data": page.data, "next_cursor": page.next_cursor}
+    return page
 
 
 @blp.route("/unmatched/<event_id>/replay", methods=["POST"])
