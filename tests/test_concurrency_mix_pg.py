@@ -130,4 +130,7 @@ def test_mixed_writes_on_one_member_with_a_job_running(mixed, round_):
     assert {r.redemption_id for r in redemptions} == {f"conc-old{i}" for i in range(3)} | set(redeemed)
     # 1300 + 6 × 100 new − what refunds reversed + 300 cancelled − what the race redeemed.
     assert available == 1300 + 600 - reversed_ + 300 - sum(redeemed.values())
-    assert available >= 0 and len(redeemed) >= 4
+    # Refunds take back at most 4 × 200 and nothing else lowers the balance but redemptions, so
+    # whatever the order, the first two redemptions find at least 500 points; more than two
+    # succeed only when purchases or cancels land before the refunds (order of arrival).
+    assert available >= 0 and len(redeemed) >= 2
