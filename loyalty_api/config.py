@@ -25,6 +25,9 @@ def load_config(overrides: dict | None = None) -> dict:
         "LOYALTY_POOL_SIZE": int(env.get("LOYALTY_POOL_SIZE", 10)),
         # A pooled connection idle longer than this is pinged before use (PostgreSQL).
         "LOYALTY_POOL_PING_IDLE": float(env.get("LOYALTY_POOL_PING_IDLE", 10)),
+        # Single purchases arriving while a worker's previous purchase transaction is in flight
+        # go together in the next one, up to this many (1: each alone). See GroupCommit.
+        "LOYALTY_GROUP_COMMIT_MAX": int(env.get("LOYALTY_GROUP_COMMIT_MAX", 64)),
         "LOYALTY_MEMBER_TOKEN_TTL": int(env.get("LOYALTY_MEMBER_TOKEN_TTL", 900)),
         # The scheduler process (`loyalty scheduler`): a cron schedule per job, in UTC (5 fields,
         # or 6 with seconds first; empty or "off" disables the job).

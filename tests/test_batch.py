@@ -2,6 +2,7 @@
 
 from contextlib import contextmanager
 
+import pytest
 from sqlalchemy import event, select
 
 from loyalty_api.extensions import db
@@ -91,6 +92,23 @@ def test_batch_equals_the_same_purchases_posted_alone(api, session):
     again = api.post("/v1/purchases/batch", json={"purchases": bodies[:3]}).json["results"]
     assert [x["status"] for x in again] == [200, 200, 200]
     assert [x["body"] for x in again] == [x["body"] for x in batch[:3]]
+    assert_invariants(session)
+
+
+@pytest.mark.postgres
+def test_a_purchase_reads_with_five_statements_and_writes_with_one(api, session):
+    """The hot path on PostgreSQL: program, stored purchase, member lock, expiries, rule usage;
+    then lots, entries, balance, activity, usage and the purchase in one statement."""
+    assert api.patch("/v1/program", json={"expiry": {"mode": "fixed", "months": 12}}).status_code == 200
+    assert api.post("/v1/rules", json=RULE).status_code == 201
+    assert api.post("/v1/rules", json=LIMITED).status_code == 201
+    (member,) = make_members(api, 1)
+    with counted_statements() as statements:
+        r = api.post("/v1/purchases", json=purchase("hot-1", member, total=1000))
+    assert r.status_code == 201, r.json
+    sql = [s for s in statements if not s.startswith("SAVEPOINT") and not s.startswith("RELEASE")]
+    assert len(sql) == 6, sql
+    assert sql[-1].startswith("WITH w0 AS (INSERT INTO point_lots") and "INSERT INTO purchases" in sql[-1]
     assert_invariants(session)
 
 

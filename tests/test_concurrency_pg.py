@@ -5,6 +5,7 @@ build their own app on the test database, commit for real, and delete their rows
 """
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -12,12 +13,13 @@ from sqlalchemy import delete, func, select, update
 
 from loyalty_api import create_app
 from loyalty_api.auth.models import ApiKey
-from loyalty_api.auth.services import create_api_key
+from loyalty_api.auth.services import _key_cache, create_api_key
 from loyalty_api.extensions import db
 from loyalty_api.ledger.models import Adjustment, LedgerEntry, LotAllocation, PointLot, RuleUsage
 from loyalty_api.members.models import Member, MemberBalance
 from loyalty_api.program.models import PROGRAM_ID, Program
 from loyalty_api.purchases.models import Event, Purchase, Refund
+from loyalty_api.referrals.models import Referral
 from loyalty_api.rules_admin.models import Rule, RuleVersion
 from loyalty_api.timeutil import freeze
 from loyalty_api.transactions import run_write
@@ -53,6 +55,7 @@ def live(app, database_url):
             session = db.session
             members = select(Member.id).where(Member.external_id.like("conc-%"))
             member_ids = session.execute(members).scalars().all()
+            session.execute(delete(Referral).where(Referral.referee_id.in_(member_ids)))
             for model in MEMBER_TABLES:
                 session.execute(delete(model).where(model.member_id.in_(member_ids)))
             session.execute(delete(Member).where(Member.id.in_(member_ids)))
@@ -160,3 +163,74 @@ def test_concurrent_refunds_never_exceed_the_purchase(live):
     assert statuses == {201: 3, 422: THREADS - 3}, results
     assert sum(body["points_reversed"] for status, _, body in results if status == 201) == 360
     assert _check(live, member_id) == (40, 1)
+
+
+def test_concurrent_single_purchases_share_a_transaction_and_answer_as_if_alone(live, monkeypatch):
+    """Purchases posted while another is being written go together in the next transaction;
+    each still gets its own answer: accepted, replayed, conflicting or refused."""
+    from loyalty_api.purchases import services
+
+    member_id = _setup(live)
+    groups, real = [], services.apply_purchases
+
+    def slow_first_group(session, entries, now):
+        groups.append([entry.transaction_id for entry in entries])
+        if len(groups) == 1:
+            time.sleep(0.3)  # the other requests queue behind this one meanwhile
+        return real(session, entries, now)
+
+    monkeypatch.setattr(services, "apply_purchases", slow_first_group)
+    first = purchase_body(member_id, "conc-g0", total=1000)
+    second = purchase_body(member_id, "conc-g1", total=1001)
+    requests = [("POST", "/v1/purchases", first), ("POST", "/v1/purchases", first),  # one is a retry
+                ("POST", "/v1/purchases", second),
+                ("POST", "/v1/purchases", {**second, "total": 5}),  # same id, another body
+                ("POST", "/v1/purchases", {**purchase_body(member_id, "conc-gx", total=1000), "currency": "USD"}),
+                ("POST", "/v1/purchases", purchase_body("01JUNKNOWNMEMBER0000000000", "conc-gy", total=1000))]
+    # More requests than pooled connections, all with an API key not cached yet: a request
+    # waiting for its group must not hold a connection the group's leader needs.
+    requests += [("POST", "/v1/purchases", purchase_body(member_id, f"conc-h{i}", total=2000 + i))
+                 for i in range(THREADS * 2)]
+    _key_cache.clear()
+    results = _race(live, requests)
+    statuses = [status for status, _, _ in results]
+    assert sorted(statuses[:2]) == [200, 201] and results[0][2] == results[1][2], results[:2]
+    assert sorted(statuses[2:4]) == [201, 409], results[2:4]
+    assert (statuses[4], results[4][2]["code"]) == (422, "currency_mismatch")
+    assert (statuses[5], results[5][2]["code"]) == (422, "validation_error")
+    assert statuses[6:] == [201] * THREADS * 2, results
+    assert max(len(group) for group in groups) > 1, groups  # they did go together
+    stored_second = 1001 if statuses[2] == 201 else 5
+    expected = 1000 * 4 // 100 + stored_second * 4 // 100 + sum((2000 + i) * 4 // 100 for i in range(THREADS * 2))
+    assert _check(live, member_id) == (expected, 2 + THREADS * 2)
+    balances = sorted(body["balance"]["available"] for status, _, body in results if status == 201)
+    assert balances[-1] == expected  # each answer shows the balance right after its own purchase
+
+
+def test_racing_first_purchases_complete_a_referral_once(live):
+    """Concurrent qualifying purchases of a referee (and of its referrer) award the bonuses once."""
+    admin = _client(live)
+    assert admin.patch("/v1/program", json={"referral": {"min_purchase": 1000, "window_days": 30,
+                                                         "max_per_referrer": 5}}).status_code == 200
+    for name, role, points in (("conc referrer", "referrer", 500), ("conc referee", "referee", 200)):
+        r = admin.post("/v1/rules", json={"name": name, "kind": "earn", "trigger": "referral_completed",
+                                          "status": "active", "effect": {"type": "fixed", "points": points},
+                                          "conditions": {"==": [{"var": "referral.role"}, role]}})
+        assert r.status_code == 201, r.json
+    referrer = admin.post("/v1/members", json={"external_id": "conc-referrer"}).json
+    referee = admin.post("/v1/members", json={"external_id": "conc-referee",
+                                              "referral_code": referrer["referral_code"]}).json
+    # Batches of one are never grouped: each is its own transaction, so these really race.
+    requests = [("POST", "/v1/purchases/batch", {"purchases": [purchase_body(member, f"conc-rf{i}", total=2000)]})
+                for i, member in enumerate([referee["id"]] * THREADS + [referrer["id"]] * 4)]
+    results = _race(live, requests)
+    assert all(status == 200 and body["results"][0]["status"] == 201 for status, _, body in results), results
+    live_app, _ = live
+    with live_app.app_context():
+        bonuses = db.session.execute(select(LedgerEntry.member_id, func.sum(LedgerEntry.points))
+                                     .where(LedgerEntry.type == "referral").group_by(LedgerEntry.member_id)).all()
+        statuses = db.session.execute(select(Referral.status).where(Referral.referee_id == referee["id"])).all()
+        assert_invariants(db.session)
+        db.session.remove()
+    assert sorted(bonuses) == sorted([(referrer["id"], 500), (referee["id"], 200)])
+    assert statuses == [("completed",)]

@@ -1,10 +1,21 @@
 """Members: enrolment, lookup, status, erasure."""
 
 import pytest
-from sqlalchemy import func, select
+from flask import jsonify
+from sqlalchemy import delete, event, func, select, update
+from sqlalchemy.orm import Session
 
+from loyalty_api.errors import NotFound
+from loyalty_api.extensions import db
 from loyalty_api.ledger.models import LedgerEntry
+from loyalty_api.members import services as member_services
+from loyalty_api.members.models import Member, MemberBalance
+from loyalty_api.members.schemas import MemberSchema, dump_member
+from loyalty_api.members.services import member_views
+from loyalty_api.program.services import get_program
+from loyalty_api.transactions import run_read, run_write
 
+from .conftest import NOW
 from .helpers import (
     adjust,
     assert_invariants,
@@ -218,3 +229,132 @@ def test_member_by_external_id_in_a_purchase(api, session):
     body["member_external_id"] = "card-78"
     assert_problem(api.post("/v1/purchases", json=body), 422, "validation_error", "member_external_id")
     assert_invariants(session)
+
+
+# --- the balance read: one statement, answering what the schema would -------------------------
+
+def _reference_body(app, session, member_id: str) -> bytes:
+    """The body GET /v1/members/{id} gave before its read was folded into one statement: the
+    views of the list and write routes, dumped by MemberSchema."""
+    view = member_views(session, [member_id], get_program(session))[member_id]
+    with app.test_request_context():
+        return jsonify(MemberSchema().dump(view)).get_data()
+
+
+def _members_of_every_shape(api, session) -> list[str]:
+    """Members without and with tier and profile, with pending points, spent and several lots."""
+    make_rule(api)
+    bare = make_member(api, "bare")["id"]
+    full = make_member(api, "full", email="ana@example.com", name="Ana", birthdate="1990-05-17",
+                       metadata={"store": "north", "n": 3, "tags": ["a"]})["id"]
+    assert api.patch(f"/v1/members/{full}", json={"stripe_customer_id": "cus_1"}).status_code == 200
+    tier = api.post("/v1/tiers", json={"code": "gold", "name": "Gold", "rank": 1, "threshold": 10**9}).json
+    session.execute(update(Member).where(Member.id == full).values(tier_id=tier["id"]))
+    session.commit()
+    # Seven purchase dates: the newest stays pending, the oldest lot is spent whole, and one
+    # more date than the balance shows is left.
+    earner = make_member(api, "earner")["id"]
+    for n, day in enumerate(["2025-03-11", "2025-05-02", "2025-06-30", "2025-08-15", "2025-10-01",
+                             "2025-12-24", "2026-01-20", "2026-03-05"]):
+        buy(api, earner, f"t{n}", total=1000 + 100 * n, occurred_at=f"{day}T09:30:00.250000Z")
+    assert adjust(api, earner, -40).status_code == 201  # the whole oldest lot (4 × 10.00)
+    erased = make_member(api, "erased", email="x@example.com")["id"]
+    buy(api, erased, "t-erased")
+    assert api.delete(f"/v1/members/{erased}").status_code == 204
+    return [bare, full, earner, erased]
+
+
+@pytest.mark.parametrize("expiry", [{"mode": "none"}, {"mode": "fixed", "months": 24},
+                                    {"mode": "inactivity", "months": 12}])
+def test_get_answers_byte_for_byte_what_the_schema_dumps(app, api, session, expiry):
+    # The lots are earned in fixed mode (so they carry expiry dates), then the mode changes.
+    assert api.patch("/v1/program", json={"pending_days": 14, "expiry": {"mode": "fixed", "months": 24}}) \
+        .status_code == 200
+    members = _members_of_every_shape(api, session)
+    assert api.patch("/v1/program", json={"expiry": expiry}).status_code == 200
+    for member_id in members:
+        r = api.get(f"/v1/members/{member_id}")
+        assert r.status_code == 200 and r.mimetype == "application/json"
+        assert r.get_data() == _reference_body(app, session, member_id), member_id
+        assert [r.json] == api.get(f"/v1/members?external_id={r.json['external_id']}").json["data"]
+    earner = api.get(f"/v1/members/{members[2]}").json["balance"]
+    assert earner["pending"] == 4 * 17 and earner["available"] == 4 * (11 + 12 + 13 + 14 + 15 + 16)
+    if expiry["mode"] == "fixed":
+        assert [e["expires_at"] for e in earner["expiring"]] == [
+            "2027-05-02T09:30:00.250000Z", "2027-06-30T09:30:00.250000Z", "2027-08-15T09:30:00.250000Z",
+            "2027-10-01T09:30:00.250000Z", "2027-12-24T09:30:00.250000Z"]
+        assert [e["points"] for e in earner["expiring"]] == [44, 48, 52, 56, 60]
+    elif expiry["mode"] == "inactivity":
+        assert earner["expiring"] == [{"points": earner["available"], "expires_at": "2027-03-05T09:30:00.250000Z"}]
+    else:
+        assert earner["expiring"] == []
+
+
+def test_dump_member_is_the_schema_dump(api, session):
+    assert api.patch("/v1/program", json={"expiry": {"mode": "fixed", "months": 24}}).status_code == 200
+    members = _members_of_every_shape(api, session)
+    views = member_views(session, members, get_program(session))
+    for view in views.values():
+        assert dump_member(view) == MemberSchema().dump(view)
+    assert any(view["tier"] for view in views.values()) and any(view["birthdate"] for view in views.values())
+
+
+def test_a_balance_read_is_one_statement(app, api, session):
+    make_rule(api)
+    member = make_member(api)["id"]
+    buy(api, member)
+    api.get(f"/v1/members/{member}")  # the API key is read once, then cached
+    statements = []
+    with app.app_context():
+        engine = db.engine
+
+    def count(_conn, _cursor, statement, *_args):
+        if not statement.startswith(("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")):  # the tests'
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert api.get(f"/v1/members/{member}").json["balance"]["available"] == 400
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) == 1, statements
+
+
+def test_a_balance_read_of_its_own_runs_without_a_transaction_on_postgres(app):
+    """Outside the tests' savepoints: the read runs on a pooled connection in autocommit mode on
+    PostgreSQL, which the pool sets back afterwards; inside a write it stays in the transaction."""
+    member_id = "01readnotransaction0000000"
+    with app.app_context():
+        engine = db.engine
+        postgres = engine.dialect.name == "postgresql"
+        with Session(engine) as setup:
+            setup.add(Member(id=member_id, external_id="read-no-transaction", status="active",
+                             referral_code="READNOTX", metadata_={}, enrolled_at=NOW))
+            setup.flush()
+            setup.add(MemberBalance(member_id=member_id, available=7, pending=2, lifetime_earned=9))
+            setup.commit()
+        modes = []
+
+        def record(conn, _cursor, statement, *_args):
+            if statement.startswith("SELECT"):
+                dbapi_connection = conn.connection.dbapi_connection
+                modes.append((dbapi_connection, dbapi_connection.autocommit if postgres else None))
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            view = run_read(lambda session: member_services.get_member(session, member_id))
+            assert view["balance"] == {"available": 7, "pending": 2, "lifetime_earned": 9, "expiring": []}
+            with pytest.raises(NotFound):
+                run_read(lambda session: member_services.get_member(session, "nobody"))
+            assert [autocommit for _, autocommit in modes] == ([True, True] if postgres else [None, None])
+            if postgres:
+                assert all(connection.autocommit is False for connection, _ in modes)  # set back by the pool
+            modes.clear()
+            assert run_write(lambda session: member_services.get_member(session, member_id))["id"] == member_id
+            assert [autocommit for _, autocommit in modes] == [False if postgres else None]
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+            with engine.begin() as conn:
+                conn.execute(delete(MemberBalance).where(MemberBalance.member_id == member_id))
+                conn.execute(delete(Member).where(Member.id == member_id))
+            db.session.remove()

@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from loyalty_api.ledger.models import LedgerEntry, LotAllocation, PointLot
 from loyalty_api.members.models import Member
+from loyalty_api.program.services import bump_rules_revision
 from loyalty_api.redemptions.models import Redemption
 from loyalty_api.rewards.models import Reward
 
@@ -396,6 +397,7 @@ def test_tier_restricted_reward_refuses_other_tiers(api, session):
     for code, rank in (("silver", 1), ("gold", 2)):
         session.add(Tier(id=new_id(), code=code, name=code.title(), rank=rank, threshold=rank * 1000,
                          benefits=[], created_at=NOW, updated_at=NOW))
+    bump_rules_revision(session)  # tiers added behind the service's back
     session.commit()
     gold_id = session.execute(select(Tier.id).where(Tier.code == "gold")).scalar_one()
     reward = make_reward(api, cost_points=100, tiers=["gold"])

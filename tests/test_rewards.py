@@ -5,6 +5,7 @@ from sqlalchemy import update
 
 from loyalty_api.ids import new_id
 from loyalty_api.members.models import Member
+from loyalty_api.program.services import bump_rules_revision
 from loyalty_api.tiers.models import Tier
 
 from .conftest import NOW
@@ -19,6 +20,7 @@ def tiers(session):
         ids[code] = new_id()
         session.add(Tier(id=ids[code], code=code, name=code.title(), rank=rank, threshold=rank * 1000,
                          benefits=[], created_at=NOW, updated_at=NOW))
+    bump_rules_revision(session)  # tiers added behind the service's back
     session.commit()
     return ids
 

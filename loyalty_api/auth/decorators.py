@@ -5,8 +5,8 @@ import functools
 from flask import current_app, g, request
 
 from ..errors import Forbidden, NotFound
-from ..extensions import db
 from ..timeutil import utcnow
+from ..transactions import run_read
 from .services import Principal, authenticate
 
 
@@ -25,8 +25,10 @@ def require(scope: str, *, member_route: bool = False):
     def decorate(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            principal = authenticate(db.session, request.headers.get("Authorization"),
-                                     current_app.config["SECRET_KEY"], utcnow())
+            # A read of the key (a cache miss) ends here, so the connection goes back to the
+            # pool: a purchase may wait for its group to commit, and must not hold one meanwhile.
+            principal = run_read(lambda session: authenticate(
+                session, request.headers.get("Authorization"), current_app.config["SECRET_KEY"], utcnow()))
             if not principal.may(scope):
                 raise Forbidden()
             if principal.member_id is not None:

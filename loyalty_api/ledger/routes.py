@@ -13,7 +13,7 @@ blp = Blueprint("ledger", __name__, url_prefix="/v1/members", description="Ledge
 
 @blp.route("/<member_id>/ledger", methods=["GET"])
 @require("members:read")
-@blp.arguments(ListQuerySchema, location="query")
+@blp.arguments(ListQuerySchema(), location="query")
 @blp.response(200, LedgerPageSchema)
 def list_ledger(query, member_id):
     page = run_read(lambda session: services.list_ledger(session, member_id, query["limit"], query["cursor"]))
@@ -22,7 +22,7 @@ def list_ledger(query, member_id):
 
 @blp.route("/<member_id>/adjustments", methods=["POST"])
 @require("adjustments")
-@blp.arguments(AdjustmentCreateSchema)
+@blp.arguments(AdjustmentCreateSchema())
 @blp.response(201, AdjustmentResultSchema)
 @blp.alt_response(200, schema=AdjustmentResultSchema, description="A replay of an earlier identical request")
 def create_adjustment(data, member_id):

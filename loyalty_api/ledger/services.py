@@ -8,9 +8,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import BindParameter, Subquery, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from ..bulk import Writes
 from ..errors import InsufficientPoints, MemberNotActive, NotFound
 from ..idempotency import Outcome, replay, request_hash
 from ..ids import new_id
@@ -137,8 +138,6 @@ def plan_credit(
 
 _lots = PointLot.__table__
 _entries = LedgerEntry.__table__
-_INSERT_LOTS = insert(_lots)
-_INSERT_ENTRIES = insert(_entries)
 _UPDATE_BALANCES = (
     update(MemberBalance.__table__).where(MemberBalance.__table__.c.member_id == bindparam("b_member"))
     .values(available=bindparam("b_available"), pending=bindparam("b_pending"),
@@ -152,28 +151,39 @@ _UPDATE_LAST_ACTIVITY = (
 )
 
 
-def write_credits(session: Session, plans: Iterable[CreditPlan | None]) -> None:
+# The same two updates for PostgreSQL, with the rows as one JSON array (see loyalty_api.bulk.Writes).
+_PG_UPDATE_BALANCES = """
+UPDATE member_balances AS b
+SET available = r.b_available, pending = r.b_pending, lifetime_earned = r.b_lifetime, version = b.version + 1
+FROM jsonb_to_recordset(%s::jsonb) AS r(b_member text, b_available bigint, b_pending bigint, b_lifetime bigint)
+WHERE b.member_id = r.b_member
+"""
+_PG_UPDATE_LAST_ACTIVITY = """
+UPDATE members AS m SET last_activity_at = r.b_at
+FROM jsonb_to_recordset(%s::jsonb) AS r(b_member text, b_at timestamptz)
+WHERE m.id = r.b_member AND (m.last_activity_at IS NULL OR m.last_activity_at < r.b_at)
+"""
+
+
+def write_credits(writes: Writes, plans: Iterable[CreditPlan | None]) -> None:
     """Insert the lots and entries of planned credits, each kind in one statement."""
     plans = [plan for plan in plans if plan is not None]
     if plans:
-        connection = session.connection()
-        connection.execute(_INSERT_LOTS, [plan.lot for plan in plans])
-        connection.execute(_INSERT_ENTRIES, [entry for plan in plans for entry in plan.entries])
+        writes.insert(_lots, [plan.lot for plan in plans])
+        writes.insert(_entries, [entry for plan in plans for entry in plan.entries])
 
 
-def write_balances(session: Session, balances: Mapping[str, Balance]) -> None:
+def write_balances(writes: Writes, balances: Mapping[str, Balance]) -> None:
     """Store balances computed under the member lock (so the values are current)."""
-    if balances:
-        session.connection().execute(_UPDATE_BALANCES, [
-            {"b_member": member_id, "b_available": b.available, "b_pending": b.pending,
-             "b_lifetime": b.lifetime_earned} for member_id, b in balances.items()])
+    writes.update(MemberBalance.__table__, _UPDATE_BALANCES, _PG_UPDATE_BALANCES, [
+        {"b_member": member_id, "b_available": b.available, "b_pending": b.pending,
+         "b_lifetime": b.lifetime_earned} for member_id, b in balances.items()])
 
 
-def write_last_activity(session: Session, activity: Mapping[str, datetime]) -> None:
+def write_last_activity(writes: Writes, activity: Mapping[str, datetime]) -> None:
     """Move members' last activity (the inactivity-expiry clock) forward, never back."""
-    if activity:
-        session.connection().execute(_UPDATE_LAST_ACTIVITY, [
-            {"b_member": member_id, "b_at": moment} for member_id, moment in activity.items()])
+    writes.update(Member.__table__, _UPDATE_LAST_ACTIVITY, _PG_UPDATE_LAST_ACTIVITY, [
+        {"b_member": member_id, "b_at": moment} for member_id, moment in activity.items()])
 
 
 def credit_points(
@@ -196,9 +206,11 @@ def credit_points(
                        pending_allowed=pending_allowed)
     if plan is None:
         return None
-    write_credits(session, [plan])
-    write_balances(session, {member_id: balance})
-    write_last_activity(session, {member_id: occurred_at})
+    writes = Writes()
+    write_credits(writes, [plan])
+    write_balances(writes, {member_id: balance})
+    write_last_activity(writes, {member_id: occurred_at})
+    writes.run(session.connection())
     return plan.lot_id
 
 
@@ -207,7 +219,9 @@ def _move_balance(session: Session, member_id: str, balance: Balance, *, availab
     balance.available += available
     balance.pending += pending
     balance.lifetime_earned = max(balance.lifetime_earned + lifetime, 0)
-    write_balances(session, {member_id: balance})
+    writes = Writes()
+    write_balances(writes, {member_id: balance})
+    writes.run(session.connection())
 
 
 def _spend_order(member_id: str):
@@ -412,15 +426,38 @@ def load_expiry_groups(session: Session, member_ids: Sequence[str],
     return groups
 
 
+def next_expiries(member_id: BindParameter) -> Subquery:
+    """A subquery of one member's expiry groups: its soonest expiry dates (`expires_at`, at most
+    EXPIRING_SHOWN) with the available points expiring then (`points`), soonest first.
+
+    Made to be joined to a read of the member, so one statement carries its whole balance.
+    """
+    return (
+        select(_lots.c.expires_at, func.sum(_lots.c.remaining).label("points"))
+        .where(_lots.c.member_id == member_id, _lots.c.status == "available", _lots.c.remaining > 0,
+               _lots.c.expires_at.is_not(None))
+        .group_by(_lots.c.expires_at)
+        .order_by(_lots.c.expires_at)
+        .limit(EXPIRING_SHOWN)
+        .subquery("next_expiries")
+    )
+
+
 def expiring_view(groups: Mapping[datetime, int], balance: Balance, program: ProgramSettings,
                   last_activity: datetime | None) -> list[dict]:
     """Return the balance's `expiring` list from its expiry groups or its last activity."""
-    if program.expiry_mode == "fixed":
+    return expiring_list(groups, balance.available, program.expiry_mode, program.expiry_months, last_activity)
+
+
+def expiring_list(groups: Mapping[datetime, int], available: int, expiry_mode: str, expiry_months: int,
+                  last_activity: datetime | None) -> list[dict]:
+    """Return the balance's `expiring` list from the program's expiry settings alone (see expiring_view)."""
+    if expiry_mode == "fixed":
         return [{"points": points, "expires_at": isoformat(expires_at)}
                 for expires_at, points in sorted(groups.items())[:EXPIRING_SHOWN] if points > 0]
-    if program.expiry_mode == "inactivity" and balance.available > 0 and last_activity is not None:
-        expires_at = add_months(last_activity, program.expiry_months)
-        return [{"points": balance.available, "expires_at": isoformat(expires_at)}]
+    if expiry_mode == "inactivity" and available > 0 and last_activity is not None:
+        expires_at = add_months(last_activity, expiry_months)
+        return [{"points": available, "expires_at": isoformat(expires_at)}]
     return []
 
 

@@ -18,7 +18,7 @@ def get_program():
 
 @blp.route("", methods=["PATCH"])
 @require("program")
-@blp.arguments(ProgramSchema)
+@blp.arguments(ProgramSchema())
 @blp.response(200, ProgramSchema)
 def patch_program(changes):
     now = utcnow()

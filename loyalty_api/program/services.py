@@ -77,6 +77,9 @@ def update_program(session: Session, changes: dict, now: datetime) -> ProgramSet
 
 
 def bump_rules_revision(session: Session) -> None:
-    """Tell every worker that the rule set changed."""
+    """Tell every worker that the earning configuration (rules or tiers) changed.
+
+    Workers keep the compiled rule set and the tier ladder under this token.
+    """
     session.execute(update(Program).where(Program.id == PROGRAM_ID)
                     .values(rules_revision=new_id()))

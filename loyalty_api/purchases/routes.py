@@ -1,11 +1,12 @@
+from flask import current_app
 from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
 from ..auth.decorators import require
-from ..errors import ValidationFailed, flatten_messages
+from ..errors import DomainError, ValidationFailed, flatten_messages
 from ..responses import created
 from ..timeutil import utcnow
-from ..transactions import run_read, run_write
+from ..transactions import GroupCommit, run_read, run_write
 from . import services
 from .schemas import (
     BatchResultSchema,
@@ -23,19 +24,34 @@ blp = Blueprint("purchases", __name__, url_prefix="/v1", description="Purchases,
 _purchase_schema = PurchaseCreateSchema()
 
 
+def _apply_purchases_together(requests: list[tuple[dict, object]]) -> list:
+    """Apply concurrent single purchases in one transaction, each answered as if alone."""
+    now = max(at for _, at in requests)
+    entries = [services.BatchEntry(data["transaction_id"], data) for data, _ in requests]
+    return run_write(lambda session: services.apply_purchases(session, entries, now))
+
+
+@blp.record_once
+def _set_up_group_commit(state):
+    state.app.extensions["purchases_group_commit"] = GroupCommit(
+        _apply_purchases_together, lambda: current_app.config["LOYALTY_GROUP_COMMIT_MAX"])
+
+
 @blp.route("/purchases", methods=["POST"])
 @require("purchases")
-@blp.arguments(PurchaseCreateSchema)
+@blp.arguments(PurchaseCreateSchema())
 @blp.response(201, PurchaseResultSchema)
 @blp.alt_response(200, schema=PurchaseResultSchema, description="A replay of an earlier identical request")
 def create_purchase(data):
-    now = utcnow()
-    return created(run_write(lambda session: services.create_purchase(session, data, now)))
+    result = current_app.extensions["purchases_group_commit"].submit((data, utcnow()))
+    if isinstance(result, DomainError):
+        raise result
+    return created(result)
 
 
 @blp.route("/purchases/batch", methods=["POST"])
 @require("purchases")
-@blp.arguments(BatchSchema)
+@blp.arguments(BatchSchema())
 @blp.response(200, BatchResultSchema)
 def create_purchases_batch(data):
     entries = []
@@ -61,7 +77,7 @@ def get_purchase(transaction_id):
 
 @blp.route("/purchases/<transaction_id>/refunds", methods=["POST"])
 @require("purchases")
-@blp.arguments(RefundCreateSchema)
+@blp.arguments(RefundCreateSchema())
 @blp.response(201, RefundResultSchema)
 @blp.alt_response(200, schema=RefundResultSchema, description="A replay of an earlier identical request")
 def create_refund(data, transaction_id):
@@ -71,7 +87,7 @@ def create_refund(data, transaction_id):
 
 @blp.route("/events", methods=["POST"])
 @require("events")
-@blp.arguments(EventCreateSchema)
+@blp.arguments(EventCreateSchema())
 @blp.response(201, EventResultSchema)
 @blp.alt_response(200, schema=EventResultSchema, description="A replay of an earlier identical request")
 def create_event(data):

@@ -4,11 +4,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 import rules as engine
 
+from ..bulk import Writes
 from ..errors import (
     CurrencyMismatch,
     DomainError,
@@ -40,7 +41,6 @@ from ..program.services import ProgramSettings, get_program
 from ..referrals.services import (
     PendingReferral,
     pending_referrals,
-    referrers_of,
     reverse_referral,
     write_completions,
 )
@@ -133,12 +133,17 @@ _READ_USAGE = (
            _usage.c.rule_id.in_(bindparam("rule_ids", expanding=True)),
            _usage.c.period_start.in_(bindparam("starts", expanding=True)))
 )
-_INSERT_USAGE = insert(_usage)
 _UPDATE_USAGE = (
     update(_usage).where(_usage.c.member_id == bindparam("b_member"), _usage.c.rule_id == bindparam("b_rule"),
                          _usage.c.period_start == bindparam("b_start"))
     .values(count=bindparam("b_count"), points=bindparam("b_points"))
 )
+_PG_UPDATE_USAGE = """
+UPDATE rule_usage AS u SET count = r.b_count, points = r.b_points
+FROM jsonb_to_recordset(%s::jsonb) AS r(b_member text, b_rule text, b_start timestamptz, b_count bigint,
+                                        b_points bigint)
+WHERE u.member_id = r.b_member AND u.rule_id = r.b_rule AND u.period_start = r.b_start
+"""
 
 
 class Earnings:
@@ -175,31 +180,35 @@ class Earnings:
     def lock(self, bodies: Iterable[Mapping], *, referrals: bool = False) -> None:
         """Lock and read every member the bodies name by member_id or member_external_id.
 
-        With `referrals`, the referrers of those members' pending referrals are locked in the
-        same statement (in id order with the rest), so that completing a referral can credit them.
+        With `referrals`, the referrers of those members' pending referrals are locked too,
+        so that completing a referral can credit them. They are locked after the members (a
+        pending referral is rare: it waits for the referee's first purchase), which breaks
+        the id order every other lock follows; the rare deadlock this allows is retried
+        with the whole unit of work, like any other.
         """
         bodies = list(bodies)
         member_ids = {b["member_id"] for b in bodies if b.get("member_id") is not None}
         external_ids = {b["member_external_id"] for b in bodies if b.get("member_external_id") is not None}
-        referrers = referrers_of(self.session, member_ids, external_ids) if referrals else []
-        member_ids |= set(referrers)
         states = read_members(self.session, lock=True, member_ids=member_ids, external_ids=external_ids)
+        referees = [state.id for state in states.values() if state.pending_referrer_id is not None]
+        if referrals and referees:
+            referrers = {states[m].pending_referrer_id for m in referees} - states.keys()
+            states.update(read_members(self.session, lock=True, member_ids=referrers))
         self.members.update(states)
         self._by_external_id.update({state.external_id: state.id for state in states.values()})
         groups = load_expiry_groups(self.session, list(states), self.program)
         for member_id, member_groups in groups.items():
             self.members[member_id].expiry_groups = member_groups
         self._load_tiers(states.values())
-        # A pending referral exists only from enrolment on, so when none was seen before the
-        # lock there is none to read again; when one was, re-read it under the lock (a
-        # concurrent purchase may have completed it meanwhile).
-        if referrers:
-            self._referrals.update(pending_referrals(self.session, list(states)))
+        # The referral was read with the member, possibly before a concurrent purchase that
+        # completed it released the lock: read it again, now that it is held.
+        if referrals and referees:
+            self._referrals.update(pending_referrals(self.session, referees))
 
     def _load_tiers(self, states: Iterable[MemberState]) -> None:
         """Read the ladder once, and the qualifying figures of members a higher tier exists for."""
         if self.ladder is None:
-            self.ladder = TierLadder.load(self.session)
+            self.ladder = TierLadder.current(self.session, self.program)
         if not self.ladder:
             return
         climbing = [s.id for s in states if self.ladder.has_above(self.ladder.by_code.get(s.tier_code))]
@@ -327,27 +336,28 @@ class Earnings:
                 "lifetime_earned": balance.lifetime_earned,
                 "expiring": expiring_view(member.expiry_groups, balance, self.program, member.last_activity_at)}
 
-    def write(self) -> None:
-        """Write every planned lot, entry, balance, activity and usage change."""
-        write_credits(self.session, self._plans)
-        write_balances(self.session, {m: self.members[m].balance for m in self._changed_balances})
-        write_last_activity(self.session, self._activity)
-        write_tier_changes(self.session, self._tier_changes)
-        write_completions(self.session, self._completions)
-        self._tier_changes, self._completions = [], []
-        new_usage = [
+    def write(self, *, rows: Iterable[tuple[Table, list[dict]]] = ()) -> None:
+        """Write every planned lot, entry, balance, activity and usage change, and `rows` (table,
+        rows) of the caller's, in one statement on PostgreSQL; then tier changes and referrals."""
+        writes = Writes()
+        write_credits(writes, self._plans)
+        write_balances(writes, {m: self.members[m].balance for m in self._changed_balances})
+        write_last_activity(writes, self._activity)
+        writes.insert(_usage, [
             {"id": new_id(), "member_id": k[0], "rule_id": k[1], "period_start": k[2],
              "count": self._usage[k][0], "points": self._usage[k][1]}
             for k in sorted(self._changed_usage - self._stored_usage)
-        ]
-        connection = self.session.connection()
-        if new_usage:
-            connection.execute(_INSERT_USAGE, new_usage)
-        changed = sorted(self._changed_usage & self._stored_usage)
-        if changed:
-            connection.execute(_UPDATE_USAGE, [
-                {"b_member": k[0], "b_rule": k[1], "b_start": k[2], "b_count": self._usage[k][0],
-                 "b_points": self._usage[k][1]} for k in changed])
+        ])
+        writes.update(_usage, _UPDATE_USAGE, _PG_UPDATE_USAGE, [
+            {"b_member": k[0], "b_rule": k[1], "b_start": k[2], "b_count": self._usage[k][0],
+             "b_points": self._usage[k][1]} for k in sorted(self._changed_usage & self._stored_usage)])
+        for table, table_rows in rows:
+            writes.insert(table, table_rows)
+        writes.run(self.session.connection())
+        # Both refer to the lots just written.
+        write_tier_changes(self.session, self._tier_changes)
+        write_completions(self.session, self._completions)
+        self._tier_changes, self._completions = [], []
         self._plans, self._changed_balances, self._activity = [], set(), {}
         self._stored_usage |= self._changed_usage
         self._changed_usage = set()
@@ -480,14 +490,11 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
         })
         known[transaction_id] = (body_hash, response)
         results[index] = Outcome(response)
-    earnings.write()
-    if rows:
-        session.connection().execute(_INSERT_PURCHASES, rows)
+    earnings.write(rows=[(_purchases, rows)])
     return results
 
 
 _purchases = Purchase.__table__
-_INSERT_PURCHASES = insert(_purchases)
 _STORED_PURCHASES = select(_purchases.c.transaction_id, _purchases.c.request_hash, _purchases.c.response).where(
     _purchases.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)))
 

@@ -18,7 +18,7 @@ blp = Blueprint("redemptions", __name__, url_prefix="/v1", description="Redempti
 
 @blp.route("/members/<member_id>/redemptions/quote", methods=["POST"])
 @require("redemptions")
-@blp.arguments(QuoteRequestSchema)
+@blp.arguments(QuoteRequestSchema())
 @blp.response(200, QuoteSchema)
 def quote_redemption(data, member_id):
     """Quote the most points the member may spend on an order; writes nothing."""
@@ -28,7 +28,7 @@ def quote_redemption(data, member_id):
 
 @blp.route("/members/<member_id>/redemptions", methods=["POST"])
 @require("redemptions")
-@blp.arguments(RedemptionCreateSchema)
+@blp.arguments(RedemptionCreateSchema())
 @blp.response(201, RedemptionSchema)
 @blp.alt_response(200, schema=RedemptionSchema, description="A replay of an earlier identical request")
 def create_redemption(data, member_id):

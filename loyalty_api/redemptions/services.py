@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 import rules as engine
 
+from ..bulk import Writes
 from ..errors import (
     BelowMinimum,
     DomainError,
@@ -119,7 +120,9 @@ def create_redemption(session: Session, member_id: str, data: Mapping, now: date
                          source_id=redemption_id, description=description, now=now)
     if reward is not None:
         take_stock(session, reward.id)
-    write_last_activity(session, {member_id: now})
+    writes = Writes()
+    write_last_activity(writes, {member_id: now})
+    writes.run(session.connection())
     response = {
         "id": redemption_id,
         "redemption_id": data["redemption_id"],

@@ -11,7 +11,7 @@ blp = Blueprint("referrals", __name__, url_prefix="/v1/members", description="Re
 
 @blp.route("/<member_id>/referrals", methods=["GET"])
 @require("referrals:read")
-@blp.arguments(ListQuerySchema, location="query")
+@blp.arguments(ListQuerySchema(), location="query")
 @blp.response(200, ReferralPageSchema)
 def list_referrals(query, member_id):
     """Return the referrals the member made, newest first; a member token may read its own."""

@@ -79,25 +79,9 @@ class PendingReferral:
 _referrals = Referral.__table__
 _members = Member.__table__
 # The purchase path runs these on every request: built once.
-_PENDING_REFERRERS = (
-    select(_referrals.c.referrer_id)
-    .join(_members, _members.c.id == _referrals.c.referee_id)
-    .where(_referrals.c.status == PENDING,
-           _members.c.id.in_(bindparam("member_ids", expanding=True))
-           | _members.c.external_id.in_(bindparam("external_ids", expanding=True)))
-)
 _PENDING_REFERRALS = select(_referrals.c.id, _referrals.c.referrer_id, _referrals.c.referee_id,
                             _referrals.c.expires_at).where(
     _referrals.c.status == PENDING, _referrals.c.referee_id.in_(bindparam("referee_ids", expanding=True)))
-
-
-def referrers_of(session: Session, member_ids: Iterable[str], external_ids: Iterable[str]) -> list[str]:
-    """Return the referrers of the given members' pending referrals (read before locking them)."""
-    member_ids, external_ids = list(member_ids), list(external_ids)
-    if not member_ids and not external_ids:
-        return []
-    rows = session.connection().execute(_PENDING_REFERRERS, {"member_ids": member_ids, "external_ids": external_ids})
-    return [row.referrer_id for row in rows]
 
 
 def pending_referrals(session: Session, referee_ids: Iterable[str]) -> dict[str, PendingReferral]:

@@ -11,7 +11,7 @@ blp = Blueprint("rewards", __name__, url_prefix="/v1/rewards", description="Rewa
 
 @blp.route("", methods=["POST"])
 @require("rewards")
-@blp.arguments(RewardCreateSchema)
+@blp.arguments(RewardCreateSchema())
 @blp.response(201, RewardSchema)
 def create_reward(data):
     now = utcnow()
@@ -20,7 +20,7 @@ def create_reward(data):
 
 @blp.route("", methods=["GET"])
 @require("rewards:read", member_route=True)
-@blp.arguments(RewardListQuerySchema, location="query")
+@blp.arguments(RewardListQuerySchema(), location="query")
 @blp.response(200, RewardPageSchema)
 def list_rewards(query):
     """List rewards; a member token sees only the active, in-stock rewards its tier may redeem."""
@@ -39,7 +39,7 @@ def get_reward(reward_id):
 
 @blp.route("/<reward_id>", methods=["PATCH"])
 @require("rewards")
-@blp.arguments(RewardUpdateSchema)
+@blp.arguments(RewardUpdateSchema())
 @blp.response(200, RewardSchema)
 def update_reward(changes, reward_id):
     now = utcnow()

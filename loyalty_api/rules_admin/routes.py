@@ -21,7 +21,7 @@ blp = Blueprint("rules", __name__, url_prefix="/v1/rules", description="Earn and
 
 @blp.route("", methods=["POST"])
 @require("rules")
-@blp.arguments(RuleCreateSchema)
+@blp.arguments(RuleCreateSchema())
 @blp.response(201, RuleSchema)
 def create_rule(data):
     now = utcnow()
@@ -30,7 +30,7 @@ def create_rule(data):
 
 @blp.route("", methods=["GET"])
 @require("rules")
-@blp.arguments(RuleListQuerySchema, location="query")
+@blp.arguments(RuleListQuerySchema(), location="query")
 @blp.response(200, RulePageSchema)
 def list_rules(query):
     page = run_read(lambda session: services.list_rules(session, query, query["limit"], query["cursor"]))
@@ -39,7 +39,7 @@ def list_rules(query):
 
 @blp.route("/validate", methods=["POST"])
 @require("rules")
-@blp.arguments(RuleCreateSchema)
+@blp.arguments(RuleCreateSchema())
 @blp.response(200, ValidationResultSchema)
 def validate_rule(data):
     return services.validate_rule(data)
@@ -47,7 +47,7 @@ def validate_rule(data):
 
 @blp.route("/simulate", methods=["POST"])
 @require("rules")
-@blp.arguments(SimulateSchema)
+@blp.arguments(SimulateSchema())
 @blp.response(200, SimulationSchema)
 def simulate(data):
     now = utcnow()
@@ -63,7 +63,7 @@ def get_rule(rule_id):
 
 @blp.route("/<rule_id>", methods=["PATCH"])
 @require("rules")
-@blp.arguments(RuleUpdateSchema)
+@blp.arguments(RuleUpdateSchema())
 @blp.response(200, RuleSchema)
 def update_rule(changes, rule_id):
     now = utcnow()

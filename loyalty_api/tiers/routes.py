@@ -12,7 +12,7 @@ blp = Blueprint("tiers", __name__, url_prefix="/v1", description="Tiers and memb
 
 @blp.route("/tiers", methods=["POST"])
 @require("tiers")
-@blp.arguments(TierCreateSchema)
+@blp.arguments(TierCreateSchema())
 @blp.response(201, TierSchema)
 def create_tier(data):
     now = utcnow()
@@ -21,7 +21,7 @@ def create_tier(data):
 
 @blp.route("/tiers", methods=["GET"])
 @require("tiers")
-@blp.arguments(ListQuerySchema, location="query")
+@blp.arguments(ListQuerySchema(), location="query")
 @blp.response(200, TierPageSchema)
 def list_tiers(query):
     page = run_read(lambda session: services.list_tiers(session, query["limit"], query["cursor"]))
@@ -37,7 +37,7 @@ def get_tier(tier_id):
 
 @blp.route("/tiers/<tier_id>", methods=["PATCH"])
 @require("tiers")
-@blp.arguments(TierUpdateSchema)
+@blp.arguments(TierUpdateSchema())
 @blp.response(200, TierSchema)
 def update_tier(changes, tier_id):
     """Change a tier; members move to a changed ladder when they next earn or at the review."""
@@ -55,7 +55,7 @@ def delete_tier(tier_id):
 
 @blp.route("/members/<member_id>/tier-history", methods=["GET"])
 @require("members:read")
-@blp.arguments(ListQuerySchema, location="query")
+@blp.arguments(ListQuerySchema(), location="query")
 @blp.response(200, TierChangePageSchema)
 def list_tier_history(query, member_id):
     """Return the member's tier changes, newest first, each with its reason."""

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, union_all, update
 from sqlalchemy.orm import Session
 
+from ..bulk import insert_rows
 from ..errors import NotFound, TierExists, TierInUse
 from ..ids import new_id
 from ..members.models import Member
 from ..pagination import Page, decode_cursor, encode_cursor
-from ..program.services import ProgramSettings
+from ..program.services import ProgramSettings, bump_rules_revision
 from ..purchases.models import Event, Purchase
 from ..rewards.models import RewardTier
 from ..timeutil import add_months
@@ -42,6 +43,9 @@ _READ_LADDER = select(_tiers.c.id, _tiers.c.code, _tiers.c.name, _tiers.c.rank, 
                       _tiers.c.multiplier)
 
 
+_cached_ladder: tuple[str, "TierLadder"] | None = None
+
+
 class TierLadder:
     """The tiers ordered by rank, read once per unit of work."""
 
@@ -54,6 +58,22 @@ class TierLadder:
     def load(cls, session: Session) -> "TierLadder":
         rows = session.connection().execute(_READ_LADDER)
         return cls([TierStep(r.id, r.code, r.name, r.rank, r.threshold, Decimal(r.multiplier)) for r in rows])
+
+    @classmethod
+    def current(cls, session: Session, program: ProgramSettings) -> "TierLadder":
+        """Return the ladder, read again only when the tiers changed.
+
+        Like the compiled rule set, the ladder is kept per process under the program's
+        revision token, which every tier change renews (bump_rules_revision), so earning
+        pays no query for it.
+        """
+        global _cached_ladder
+        cached = _cached_ladder
+        if cached is not None and cached[0] == program.rules_revision:
+            return cached[1]
+        ladder = cls.load(session)
+        _cached_ladder = (program.rules_revision, ladder)
+        return ladder
 
     def __bool__(self) -> bool:
         return bool(self.steps)
@@ -94,29 +114,29 @@ _purchases = Purchase.__table__
 _events = Event.__table__
 
 
-def _figure_statement(table, value):
-    return (select(table.c.member_id, func.sum(value).label("figure"))
-            .where(table.c.member_id.in_(bindparam("member_ids", expanding=True)),
-                   table.c.occurred_at > bindparam("start"), table.c.occurred_at <= bindparam("now"))
-            .group_by(table.c.member_id))
+def _figure_statement(*parts):
+    """Sum (table, value) over each member's rows in the window, all tables in one statement."""
+    rows = union_all(*(
+        select(table.c.member_id, value.label("figure"))
+        .where(table.c.member_id.in_(bindparam("member_ids", expanding=True)),
+               table.c.occurred_at > bindparam("start"), table.c.occurred_at <= bindparam("now"))
+        for table, value in parts)).subquery()
+    return select(rows.c.member_id, func.sum(rows.c.figure).label("figure")).group_by(rows.c.member_id)
 
 
 # The purchase path asks for a few members' figures on every earning: built once.
 _FIGURE_STATEMENTS = {
-    "points": (_figure_statement(_purchases, _purchases.c.points - _purchases.c.reversed_points),
-               _figure_statement(_events, _events.c.points)),
-    "spend": (_figure_statement(_purchases, _purchases.c.total - _purchases.c.refunded_amount),),
+    "points": _figure_statement((_purchases, _purchases.c.points - _purchases.c.reversed_points),
+                                (_events, _events.c.points)),
+    "spend": _figure_statement((_purchases, _purchases.c.total - _purchases.c.refunded_amount)),
 }
 
 
 def _figures_of(session: Session, program: ProgramSettings, member_ids: list[str], start: datetime,
                 now: datetime) -> dict[str, int]:
-    figures: dict[str, int] = {}
-    connection = session.connection()
-    for statement in _FIGURE_STATEMENTS[program.tier_metric]:
-        for row in connection.execute(statement, {"member_ids": member_ids, "start": start, "now": now}):
-            figures[row.member_id] = figures.get(row.member_id, 0) + int(row.figure or 0)
-    return figures
+    rows = session.connection().execute(_FIGURE_STATEMENTS[program.tier_metric],
+                                        {"member_ids": member_ids, "start": start, "now": now})
+    return {row.member_id: int(row.figure or 0) for row in rows}
 
 
 def qualifying_figures(session: Session, program: ProgramSettings, now: datetime, *,
@@ -174,7 +194,7 @@ def write_tier_changes(session: Session, changes: Sequence[tuple[dict, str | Non
     """Store tier changes: (tier_changes row, new tier id) pairs, a statement per table."""
     if not changes:
         return
-    session.execute(insert(TierChange), [row for row, _ in changes])
+    insert_rows(session.connection(), TierChange.__table__, [row for row, _ in changes])
     # One UPDATE per target tier (a review of thousands of members moves them to a few tiers).
     by_tier: dict[str | None, list[str]] = {}
     for row, tier_id in changes:
@@ -215,6 +235,7 @@ def create_tier(session: Session, data: Mapping, now: datetime) -> dict:
                 multiplier=data.get("multiplier", Decimal(1)), benefits=data.get("benefits") or [],
                 created_at=now, updated_at=now)
     session.add(tier)
+    bump_rules_revision(session)
     session.flush()
     return tier_view(tier)
 
@@ -253,6 +274,7 @@ def update_tier(session: Session, tier_id: str, changes: Mapping, now: datetime)
         if key in changes:
             setattr(tier, key, changes[key] if key != "benefits" else (changes[key] or []))
     tier.updated_at = now
+    bump_rules_revision(session)
     session.flush()
     return tier_view(tier)
 
@@ -265,6 +287,7 @@ def delete_tier(session: Session, tier_id: str) -> None:
     if session.execute(select(RewardTier.reward_id).where(RewardTier.tier_code == tier.code).limit(1)).first():
         raise TierInUse("rewards are restricted to this tier")
     session.delete(tier)
+    bump_rules_revision(session)
     session.flush()
 
 

@@ -40,7 +40,7 @@ def receive_webhook():
 
 @blp.route("/events", methods=["GET"])
 @require("integrations")
-@blp.arguments(StripeEventListQuerySchema, location="query")
+@blp.arguments(StripeEventListQuerySchema(), location="query")
 @blp.response(200, StripeEventPageSchema)
 def list_events(query):
     page = run_read(lambda session: services.list_events(session, query["status"], query["limit"], query["cursor"]))
