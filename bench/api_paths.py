@@ -6,7 +6,9 @@ then measures:
 - batch_purchases_per_s: POST /v1/purchases/batch with 1,000 purchases per call from
   BENCH_BATCH_CLIENTS (2) clients, BENCH_BATCHES (100) calls in all: 100,000 purchases;
 - worker_rss_mb_max: the largest resident size of a web worker after those purchases;
-- balance_reads_per_s, balance_read_p99_ms: wrk GET /v1/members/{id} on random members.
+- balance_reads_per_s, balance_read_p99_ms: wrk GET /v1/members/{id} on random members, with
+  the CPU per read of the server, its PostgreSQL backends and wrk, and the cores other
+  processes used meanwhile (above ~0.2, the rate and latency are not about this code).
 Run: `python -m bench.api_paths`. Prints one JSON document; progress goes to stderr.
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from bench.ingest import (
     HOST,
     Client,
+    CpuMeter,
     child_pids,
     ensure_wrk,
     free_port,
@@ -132,8 +135,11 @@ def main() -> None:
         batch_rate, refused = run_batches(port, key, member_ids, clients=clients, batches=batches)
         log(f"batches: {batch_rate:.0f} purchases/s, {refused} refused")
         workers_rss = [rss_mb(pid) for pid in child_pids(server.pid)]
-        reads = run_reads(wrk, port, key, member_ids, 10)
-        log(f"reads: {reads['per_s']:.0f}/s, p99 {reads['p99_us'] / 1000:.1f} ms")
+        with CpuMeter(server, url) as meter:
+            reads = run_reads(wrk, port, key, member_ids, 10)
+        read_cpu = meter.report(reads["requests"])
+        log(f"reads: {reads['per_s']:.0f}/s, p99 {reads['p99_us'] / 1000:.1f} ms, "
+            f"other processes {read_cpu['other_cores']:.2f} cores")
     finally:
         stop(server)
     print(json.dumps({"benchmark": "api_paths",
@@ -149,6 +155,11 @@ def main() -> None:
                                  reads["p99_us"] / 1000 < 10),
                           figure("balance_read_errors", reads["non_2xx_3xx"] + reads["errors"], "responses", "0",
                                  reads["non_2xx_3xx"] + reads["errors"] == 0),
+                          figure("balance_read_server_cpu_ms", read_cpu["server_ms"], "ms"),
+                          figure("balance_read_postgres_cpu_ms", read_cpu["postgres_ms"], "ms"),
+                          figure("balance_read_wrk_cpu_ms", read_cpu["load_ms"], "ms"),
+                          figure("balance_read_other_processes_cores", read_cpu["other_cores"], "cores", "< 0.2",
+                                 read_cpu["other_cores"] < 0.2),
                           figure("active_rules_per_purchase", active_rules, "rules", ">= 20", active_rules >= 20),
                       ]}))
 

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -271,6 +271,28 @@ def backend_pids(url: str) -> list[int]:
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
 
 
+@contextmanager
+def profiled(server: subprocess.Popen, duration: int):
+    """With BENCH_PROFILE=DIR, record each web worker with py-spy while the block runs: raw
+    collapsed stacks in DIR/worker-PID.txt, of the samples holding the GIL unless
+    BENCH_PROFILE_FLAGS says otherwise (`--idle --threads` shows where threads wait)."""
+    directory = os.environ.get("BENCH_PROFILE")
+    if not directory:
+        yield
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    flags = os.environ.get("BENCH_PROFILE_FLAGS", "--gil").split()
+    spies = [subprocess.Popen(["py-spy", "record", *flags, "--nonblocking", "-r", "200", "-f", "raw",
+                               "-d", str(duration), "-o", str(Path(directory) / f"worker-{pid}.txt"),
+                               "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for pid in child_pids(server.pid)]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.wait(timeout=duration + 30)
+
+
 class CpuMeter:
     """CPU used by the server, its PostgreSQL backends, the load generator and everything else."""
 
@@ -333,6 +355,10 @@ def set_up_program(port: int, key: str, url: str, members: int) -> tuple[list[st
     for rule in rules:
         client.expect("POST", "/v1/rules", rule, 201)
     active = client.expect("GET", "/v1/rules?status=active&kind=earn&trigger=purchase&limit=200", None, 200)
+    # A threshold no member reaches during the run: every 4th member holds the tier (set
+    # below), the others may still climb, so each of their purchases reads its figure.
+    tier = client.expect("POST", "/v1/tiers", {"code": "gold", "name": "Gold", "rank": 1, "threshold": 1_000_000,
+                                               "multiplier": 1.5}, 201)
     client.close()
     log(f"{len(active['data'])} active purchase rules")
 
@@ -349,14 +375,9 @@ def set_up_program(port: int, key: str, url: str, members: int) -> tuple[list[st
         member_ids = list(pool.map(create, range(members)))
     log(f"{members} members created over the API in {time.monotonic() - started:.1f} s")
 
-    now = datetime.now(UTC)
     with connect(url) as conn:
-        # Tier management is not in the API yet: the tier goes in with SQL.
-        conn.execute("INSERT INTO tiers (id, code, name, rank, threshold, multiplier, benefits, created_at, "
-                     "updated_at) VALUES ('benchtiergold000000000000', 'gold', 'Gold', 1, 0, 1.5, '[]', %s, %s)",
-                     (now, now))
-        conn.execute("UPDATE members SET tier_id = 'benchtiergold000000000000' WHERE id = ANY(%s)",
-                     (member_ids[::TIER_SHARE],))
+        # Members reach a tier by earning; the bench puts a share of them there directly.
+        conn.execute("UPDATE members SET tier_id = %s WHERE id = ANY(%s)", (tier["id"], member_ids[::TIER_SHARE]))
         conn.execute("VACUUM ANALYZE")
     return member_ids, len(active["data"])
 
@@ -644,7 +665,7 @@ def main() -> None:
             warm = run_wrk(wrk, script, port, connections=connections, duration=warmup, prefix="w")
             log(f"warm-up: {warm['per_s']:.0f}/s, p99 {warm['p99_us'] / 1000:.1f} ms")
             log(f"measured run: {duration} s, {connections} connections")
-            with CpuMeter(server, url) as meter:
+            with CpuMeter(server, url) as meter, profiled(server, duration):
                 measured = run_wrk(wrk, script, port, connections=connections, duration=duration, prefix="m")
             cpu = meter.report(measured["requests"])
             log("CPU per purchase: server {server_ms:.1f} ms, postgres {postgres_ms:.1f} ms, wrk {load_ms:.1f} ms; "
