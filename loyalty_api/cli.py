@@ -46,14 +46,30 @@ def serve(host, port, workers, threads):
     Server().run()
 
 
+AUTOGROUP = "/proc/self/autogroup"
+
+
 def _yield_cpu_to_requests() -> None:
     """Lower this process's CPU priority: jobs may take longer, requests beside them may not.
 
     LOYALTY_JOBS_NICE (default 10; 0 keeps the priority) is added to the process's niceness.
+    On Linux with autogrouping (most distributions' default) the CPU is shared evenly between
+    sessions first, and a niceness ranks a process only within its own session: a job that
+    runs in a session of its own (a systemd service, `setsid loyalty jobs run …`) would still
+    take as much CPU as the web server's session. So a session leader gives its session the
+    same niceness. (Where a cgroup CPU controller places the process, autogrouping does not
+    apply: give the job's unit a lower CPUWeight instead.)
     """
     increment = int(os.environ.get("LOYALTY_JOBS_NICE", 10))
-    if increment > 0 and hasattr(os, "nice"):
-        os.nice(increment)
+    if increment <= 0 or not hasattr(os, "nice"):
+        return
+    niceness = os.nice(increment)
+    if os.getsid(0) == os.getpid():
+        try:
+            with open(AUTOGROUP, "w") as autogroup:
+                autogroup.write(str(niceness))
+        except OSError:
+            pass  # no autogrouping: the process's own niceness is the whole of it
 
 
 @main.group()
@@ -110,13 +126,13 @@ def jobs():
 @jobs.command("run")
 @click.argument("name")
 @click.option("--chunk-size", default=None, type=click.IntRange(1, 100_000),
-              help="members per chunk (each chunk is its own transaction)")
+              help="members per chunk (each chunk is its own transaction; default: the job's own)")
 def run_job_command(name, chunk_size):
     """Run job NAME now (activate-pending, expire-points, review-tiers, reconcile-balances); print its run."""
     import json
 
     from .extensions import db as database
-    from .jobs.services import CHUNK_SIZE, JOBS, run_job
+    from .jobs.services import JOBS, run_job
     from .timeutil import isoformat
 
     if name not in JOBS:
@@ -124,7 +140,7 @@ def run_job_command(name, chunk_size):
     _yield_cpu_to_requests()
     app = _app()
     with app.app_context():
-        run = run_job(database.session, name, utcnow(), trigger="cli", chunk_size=chunk_size or CHUNK_SIZE)
+        run = run_job(database.session, name, utcnow(), trigger="cli", chunk_size=chunk_size)
     click.echo(json.dumps(run, default=lambda value: isoformat(value), indent=2))
     if run["status"] == "failed":
         sys.exit(1)

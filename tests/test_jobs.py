@@ -237,6 +237,56 @@ def test_a_run_killed_between_chunks_then_rerun_ends_as_one_clean_run(api, sessi
     assert [r["status"] for r in runs] == ["succeeded", "failed"]
 
 
+def test_each_job_walks_in_chunks_of_its_own_size(api, session, monkeypatch):
+    """The jobs that lock every due member's balance take small chunks, so that each lock is
+    held briefly; the others take big ones. A run without chunk_size takes the job's own."""
+    assert jobs.JOBS["expire-points"].chunk_size == jobs.JOBS["activate-pending"].chunk_size == jobs.LOCKING_CHUNK_SIZE
+    assert jobs.JOBS["review-tiers"].chunk_size == jobs.JOBS["reconcile-balances"].chunk_size == jobs.CHUNK_SIZE
+    assert jobs.LOCKING_CHUNK_SIZE < jobs.CHUNK_SIZE
+    members = _seed_expiring(api)
+    job = jobs.JOBS["expire-points"]
+    chunks = []
+
+    def counted(*args):
+        chunks.append(args[3:])  # (after, upto)
+        return job.chunk(*args)
+
+    monkeypatch.setitem(jobs.JOBS, "expire-points", replace(job, chunk=counted, chunk_size=3))
+    run = expire_points(session, AFTER_EXPIRY)
+    assert run["status"] == "succeeded" and len(chunks) == 3  # 7 members, 3 a chunk
+    assert _end_state(session, members) == _expected_end_state(members)
+    chunks.clear()
+    assert expire_points(session, AFTER_EXPIRY, chunk_size=7)["counts"]["members"] == 0
+    assert len(chunks) == 1
+
+
+@pytest.mark.parametrize("job_name", ["expire-points", "activate-pending"])
+def test_a_chunk_moves_only_the_members_it_locked(api, session, monkeypatch, job_name):
+    """A member the chunk did not lock (as one whose lot comes due between the chunk's read of
+    who is due and its lock) keeps the lot for the next run: nothing moves unlocked."""
+    make_rule(api)
+    api.patch("/v1/program", json={"pending_days": 3, "expiry": {"mode": "fixed", "months": 1}})
+    members = [make_member(api, f"m{n}") for n in range(3)]
+    for n, member in enumerate(members):
+        buy(api, member["id"], f"t{n}", total=10000)
+    when = {"activate-pending": T0 + timedelta(days=3), "expire-points": AFTER_EXPIRY}[job_name]
+    if job_name == "expire-points":
+        assert activate_pending(session, T0 + timedelta(days=3))["counts"]["members"] == 3
+    read = jobs._members_owning
+    first = sorted(m["id"] for m in members)[0]
+    monkeypatch.setattr(jobs, "_members_owning", lambda s, lots: [i for i in read(s, lots) if i == first])
+    run = run_job(session, job_name, when, chunk_size=10)
+    assert run["counts"]["members"] == 1 and run["counts"]["lots"] == 1
+    assert_invariants(session)
+    moved = "expired" if job_name == "expire-points" else "available"
+    assert {m["id"]: lots_of(session, m["id"])[0].status == moved for m in members} == {
+        m["id"]: m["id"] == first for m in members}
+    monkeypatch.setattr(jobs, "_members_owning", read)
+    assert run_job(session, job_name, when, chunk_size=10)["counts"]["members"] == 2
+    assert all(lots_of(session, m["id"])[0].status == moved for m in members)
+    assert_invariants(session)
+
+
 def test_a_stop_request_ends_the_run_between_chunks(api, session):
     members = _seed_expiring(api)
     answers = iter([False, False, True])
@@ -359,3 +409,23 @@ def test_job_processes_yield_cpu_to_requests(monkeypatch):
     monkeypatch.setenv("LOYALTY_JOBS_NICE", "5")
     cli_module._yield_cpu_to_requests()
     assert increments == [10, 5]
+
+
+def test_a_job_leading_its_own_session_lowers_the_session_too(monkeypatch, tmp_path):
+    """With Linux autogrouping a niceness ranks a process only within its session: a job that
+    leads its own session gives the session (its autogroup) the same niceness."""
+    from loyalty_api import cli as cli_module
+
+    autogroup = tmp_path / "autogroup"
+    autogroup.write_text("/autogroup-7 nice 0\n")
+    monkeypatch.setattr(cli_module, "AUTOGROUP", str(autogroup))
+    monkeypatch.setattr(cli_module.os, "nice", lambda increment: 3 + increment)
+    monkeypatch.delenv("LOYALTY_JOBS_NICE", raising=False)
+    monkeypatch.setattr(cli_module.os, "getsid", lambda pid: cli_module.os.getpid() + 1)
+    cli_module._yield_cpu_to_requests()
+    assert autogroup.read_text() == "/autogroup-7 nice 0\n"  # not its session's leader: left alone
+    monkeypatch.setattr(cli_module.os, "getsid", lambda pid: cli_module.os.getpid())
+    cli_module._yield_cpu_to_requests()
+    assert autogroup.read_text() == "13"
+    monkeypatch.setattr(cli_module, "AUTOGROUP", str(tmp_path / "no such directory" / "autogroup"))
+    cli_module._yield_cpu_to_requests()  # no autogrouping here: the niceness alone
