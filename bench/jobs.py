@@ -27,8 +27,8 @@ before the script exits; all traffic stays on 127.0.0.1.
 Knobs (environment): LOYALTY_BENCH_JOBS_DATABASE_URL, BENCH_MEMBERS (250,000),
 BENCH_LOTS_PER_MEMBER (4), BENCH_LOAD (1), BENCH_IDLE_SECONDS (20), BENCH_CALIBRATE_SECONDS (8),
 BENCH_SEARCH_SECONDS (8, each fixed rate tried), BENCH_CONNECTIONS (8, of the wrk run),
-BENCH_WORKERS (2), BENCH_THREADS (4), BENCH_LOAD_CHUNK_SIZE (the job's own, 500 members for
-expire-points: `--chunk-size` of the run under load).
+BENCH_WORKERS (2), BENCH_THREADS (4), BENCH_LOAD_CHUNK_SIZE (the job's default, 5,000 members:
+`--chunk-size` of the run under load, which the pace, LOYALTY_JOBS_PACE_*, caps while the load runs).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ REARM = [
     "GROUP BY member_id) s WHERE b.member_id = s.member_id",
 ]
 LOAD_RULES = (0, 2, 4, 7, 14)  # of bench.ingest's rules: per amount, coffee, pastry, big basket, coffee x2
-JOB_TIMEOUT = 1800  # beside the load, in small chunks, the job takes longer than alone
+JOB_TIMEOUT = 1800  # beside the load the job is paced (small chunks, rests): several times longer
 
 
 def member_id(g: int) -> str:
@@ -467,7 +467,8 @@ def in_flight_hits(records, samples, chunk: int) -> list:
 
 def expire_under_load(url: str, env: dict, members: int, lots: int, tmp: Path) -> dict:
     """expire-points while purchases arrive at half the sustainable rate; see the module's docstring."""
-    from loyalty_api.jobs.services import JOBS
+    from loyalty_api.config import load_config
+    from loyalty_api.jobs.services import CHUNK_SIZE, Pace
 
     idle_seconds = env_int("BENCH_IDLE_SECONDS", 20)
     calibrate_seconds = env_int("BENCH_CALIBRATE_SECONDS", 8)
@@ -475,7 +476,10 @@ def expire_under_load(url: str, env: dict, members: int, lots: int, tmp: Path) -
     connections = env_int("BENCH_CONNECTIONS", 8)
     workers = env_int("BENCH_WORKERS", 2)
     threads = env_int("BENCH_THREADS", 4)
-    chunk = env_int("BENCH_LOAD_CHUNK_SIZE", JOBS["expire-points"].chunk_size)
+    chunk = env_int("BENCH_LOAD_CHUNK_SIZE", CHUNK_SIZE)
+    # The job gives way to the load as configured (LOYALTY_JOBS_PACE_*, read by the job process).
+    pace = Pace.from_config(load_config())
+    paced_chunk = min(chunk, pace.chunk_size) if pace else chunk
     wrk = ensure_wrk()
 
     log("putting the expired lots back as seeded, for expire-points under load")
@@ -541,7 +545,8 @@ def expire_under_load(url: str, env: dict, members: int, lots: int, tmp: Path) -
             f"non-2xx {idle['non_2xx']}; other processes {idle_cpu['other_cores']:.2f} cores")
 
         # During: the same load; expire-points starts 2 s in and the window is its run.
-        log(f"expiry window: {rate}/s while `loyalty jobs run expire-points --chunk-size {chunk}` runs")
+        log(f"expiry window: {rate}/s while `loyalty jobs run expire-points --chunk-size {chunk}` runs, "
+            f"pace {pace}")
         sampler = Sampler(url).start()
         samplers.append(sampler)
         meter = CpuWindow(server, sampler)
@@ -568,7 +573,7 @@ def expire_under_load(url: str, env: dict, members: int, lots: int, tmp: Path) -
         run = json.loads((tmp / "job.out").read_text())
         during = window_stats(during_records, job_start, job_end)
         inside = [r for r in during_records if job_start <= r[0] < job_end]
-        hits = in_flight_hits(inside, sampler.samples, chunk)
+        hits = in_flight_hits(inside, sampler.samples, paced_chunk)
         during.update(lock_waits=sampler.lock_waits(), cpu=during_cpu, in_flight_chunk_hits=len(hits),
                       in_flight_chunk_hits_max_ms=round(max((r[2] - r[0] for r in hits), default=0.0) * 1000, 1))
         log(f"expire-points under load: {run['status']} in {job_end - job_start:.1f} s, {run['counts']}")
@@ -615,6 +620,7 @@ def expire_under_load(url: str, env: dict, members: int, lots: int, tmp: Path) -
     log(f"after the run: {checks}")
     return {"rate": rate, "sustainable": sustainable, "trials": trials, "closed_loop": closed["per_s"],
             "closed_loop_p99_ms": closed["p99_us"] / 1000, "active_rules": active, "chunk_size": chunk,
+            "pace": {"chunk_size": pace.chunk_size, "rest": pace.rest} if pace else None,
             "idle": idle, "during": during, "run": run, "seconds": job_end - job_start, "checks": checks}
 
 
@@ -684,7 +690,7 @@ def main() -> None:
             "rate_per_s": loaded["rate"], "sustainable_per_s": loaded["sustainable"],
             "sustainable_trials": loaded["trials"], "closed_loop_per_s": round(loaded["closed_loop"], 1),
             "closed_loop_p99_ms": round(loaded["closed_loop_p99_ms"], 1), "active_rules": loaded["active_rules"],
-            "job_chunk_size": loaded["chunk_size"],
+            "job_chunk_size": loaded["chunk_size"], "job_pace": loaded["pace"],
             "idle": idle, "during_expiry": during, "run_counts": loaded["run"]["counts"], "checks": checks,
             "reconcile_counts": loaded["reconcile"]["run"]["counts"],
         }

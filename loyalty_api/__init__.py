@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 
 from .config import INSTANCE_DIR, load_config
@@ -48,6 +48,10 @@ def create_app(config: dict | None = None) -> Flask:
             "max_overflow": 0,
             "pool_timeout": 10,
         })
+        if "application_name" not in make_url(uri).query:
+            # Who is who in pg_stat_activity; a paced job tells requests from its own work by it.
+            app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {}).setdefault(
+                "application_name", f"loyalty {app.config['LOYALTY_PROCESS']}")
     logging.basicConfig(level=logging.INFO)
 
     db.init_app(app)

@@ -8,10 +8,10 @@ import click
 from .timeutil import utcnow
 
 
-def _app():
+def _app(process: str = "cli"):
     from . import create_app
 
-    return create_app()
+    return create_app({"LOYALTY_PROCESS": process})
 
 
 @click.group()
@@ -40,7 +40,7 @@ def serve(host, port, workers, threads):
             self.cfg.set("graceful_timeout", 10)
 
         def load(self):
-            return _app()
+            return _app("web")
 
     click.echo(f"Serving on http://{host}:{port} (docs at http://{host}:{port}/docs)", err=True)
     Server().run()
@@ -126,21 +126,22 @@ def jobs():
 @jobs.command("run")
 @click.argument("name")
 @click.option("--chunk-size", default=None, type=click.IntRange(1, 100_000),
-              help="members per chunk (each chunk is its own transaction; default: the job's own)")
+              help="members per chunk (each chunk is its own transaction); beside requests the pace's")
 def run_job_command(name, chunk_size):
     """Run job NAME now (activate-pending, expire-points, review-tiers, reconcile-balances); print its run."""
     import json
 
     from .extensions import db as database
-    from .jobs.services import JOBS, run_job
+    from .jobs.services import CHUNK_SIZE, JOBS, Pace, run_job
     from .timeutil import isoformat
 
     if name not in JOBS:
         raise click.BadParameter(f"unknown job; one of: {', '.join(JOBS)}", param_hint="NAME")
     _yield_cpu_to_requests()
-    app = _app()
+    app = _app("jobs")
     with app.app_context():
-        run = run_job(database.session, name, utcnow(), trigger="cli", chunk_size=chunk_size)
+        run = run_job(database.session, name, utcnow(), trigger="cli", chunk_size=chunk_size or CHUNK_SIZE,
+                      pace=Pace.from_config(app.config))
     click.echo(json.dumps(run, default=lambda value: isoformat(value), indent=2))
     if run["status"] == "failed":
         sys.exit(1)
@@ -152,7 +153,7 @@ def scheduler():
     from .jobs.scheduler import Scheduler
 
     _yield_cpu_to_requests()
-    process = Scheduler(_app())
+    process = Scheduler(_app("scheduler"))
     process.install_signal_handlers()
     sys.exit(process.run())
 

@@ -28,6 +28,14 @@ def load_config(overrides: dict | None = None) -> dict:
         # Single purchases arriving while a worker's previous purchase transaction is in flight
         # go together in the next one, up to this many (1: each alone). See GroupCommit.
         "LOYALTY_GROUP_COMMIT_MAX": int(env.get("LOYALTY_GROUP_COMMIT_MAX", 64)),
+        # What this process is ("web", "jobs", "scheduler", "cli"): PostgreSQL sees it as the
+        # connections' application_name, "loyalty <process>", unless the URL sets one.
+        "LOYALTY_PROCESS": "web",
+        # Jobs run by `loyalty jobs run` and the scheduler give way to requests: while another
+        # application's session is busy, chunks of this many members, each followed by a rest
+        # this many times as long as the chunk took (0: no pacing). See jobs.services.Pace.
+        "LOYALTY_JOBS_PACE_CHUNK_SIZE": int(env.get("LOYALTY_JOBS_PACE_CHUNK_SIZE", 100)),
+        "LOYALTY_JOBS_PACE_REST": float(env.get("LOYALTY_JOBS_PACE_REST", 1)),
         "LOYALTY_MEMBER_TOKEN_TTL": int(env.get("LOYALTY_MEMBER_TOKEN_TTL", 900)),
         # The scheduler process (`loyalty scheduler`): a cron schedule per job, in UTC (5 fields,
         # or 6 with seconds first; empty or "off" disables the job).

@@ -237,29 +237,6 @@ def test_a_run_killed_between_chunks_then_rerun_ends_as_one_clean_run(api, sessi
     assert [r["status"] for r in runs] == ["succeeded", "failed"]
 
 
-def test_each_job_walks_in_chunks_of_its_own_size(api, session, monkeypatch):
-    """The jobs that lock every due member's balance take small chunks, so that each lock is
-    held briefly; the others take big ones. A run without chunk_size takes the job's own."""
-    assert jobs.JOBS["expire-points"].chunk_size == jobs.JOBS["activate-pending"].chunk_size == jobs.LOCKING_CHUNK_SIZE
-    assert jobs.JOBS["review-tiers"].chunk_size == jobs.JOBS["reconcile-balances"].chunk_size == jobs.CHUNK_SIZE
-    assert jobs.LOCKING_CHUNK_SIZE < jobs.CHUNK_SIZE
-    members = _seed_expiring(api)
-    job = jobs.JOBS["expire-points"]
-    chunks = []
-
-    def counted(*args):
-        chunks.append(args[3:])  # (after, upto)
-        return job.chunk(*args)
-
-    monkeypatch.setitem(jobs.JOBS, "expire-points", replace(job, chunk=counted, chunk_size=3))
-    run = expire_points(session, AFTER_EXPIRY)
-    assert run["status"] == "succeeded" and len(chunks) == 3  # 7 members, 3 a chunk
-    assert _end_state(session, members) == _expected_end_state(members)
-    chunks.clear()
-    assert expire_points(session, AFTER_EXPIRY, chunk_size=7)["counts"]["members"] == 0
-    assert len(chunks) == 1
-
-
 @pytest.mark.parametrize("job_name", ["expire-points", "activate-pending"])
 def test_a_chunk_moves_only_the_members_it_locked(api, session, monkeypatch, job_name):
     """A member the chunk did not lock (as one whose lot comes due between the chunk's read of
@@ -285,6 +262,57 @@ def test_a_chunk_moves_only_the_members_it_locked(api, session, monkeypatch, job
     assert run_job(session, job_name, when, chunk_size=10)["counts"]["members"] == 2
     assert all(lots_of(session, m["id"])[0].status == moved for m in members)
     assert_invariants(session)
+
+
+def test_beside_traffic_a_run_takes_small_chunks_and_rests_after_each(api, session, monkeypatch):
+    members = _seed_expiring(api)
+    job = jobs.JOBS["expire-points"]
+    chunks, rests, busy = [], [], [True]
+
+    def counted(*args):
+        chunks.append(args[3:])
+        return job.chunk(*args)
+
+    clock = iter(range(0, 1000, 2))  # each chunk takes 2 s
+    monkeypatch.setitem(jobs.JOBS, "expire-points", replace(job, chunk=counted))
+    monkeypatch.setattr(jobs, "traffic", lambda s: busy[0])
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(jobs.time, "sleep", rests.append)
+    run = expire_points(session, AFTER_EXPIRY, chunk_size=5, pace=jobs.Pace(chunk_size=2, rest=3))
+    assert run["status"] == "succeeded" and run["counts"]["members"] == 7
+    assert len(chunks) == 4 and rests == [6, 6, 6, 6]  # 7 members, 2 a chunk, 3 × 2 s after each
+    assert _end_state(session, members) == _expected_end_state(members)
+    chunks.clear()
+    rests.clear()
+    busy[0] = False  # alone on the database: the job's own chunks, no rest
+    assert expire_points(session, AFTER_EXPIRY, chunk_size=5, pace=jobs.Pace(chunk_size=2, rest=3))["counts"] == {
+        "members": 0, "lots": 0, "points": 0}
+    assert len(chunks) == 2 and rests == []
+    busy[0] = True  # no pace: never gives way
+    chunks.clear()
+    assert expire_points(session, AFTER_EXPIRY, chunk_size=5)["status"] == "succeeded"
+    assert len(chunks) == 2 and rests == []
+
+
+def test_pace_comes_from_configuration():
+    config = {"LOYALTY_JOBS_PACE_CHUNK_SIZE": 50, "LOYALTY_JOBS_PACE_REST": 2.5}
+    assert jobs.Pace.from_config(config) == jobs.Pace(chunk_size=50, rest=2.5)
+    assert jobs.Pace.from_config({**config, "LOYALTY_JOBS_PACE_REST": 0}) is None
+
+
+def test_traffic_is_another_application_busy_within_the_last_second(app, session):
+    if session.get_bind().dialect.name != "postgresql":
+        assert not jobs.traffic(session)  # SQLite: no other sessions to see
+        return
+    from loyalty_api.extensions import db
+
+    with db.engine.connect() as same_application:
+        same_application.execute(text("SELECT 1"))
+        assert not jobs.traffic(session)  # the job's own pool, its lock's connection
+    with db.engine.connect() as other:
+        other.execute(text("SET application_name = 'loyalty web test'"))
+        other.execute(text("SELECT 1"))
+        assert jobs.traffic(session)
 
 
 def test_a_stop_request_ends_the_run_between_chunks(api, session):
@@ -429,3 +457,15 @@ def test_a_job_leading_its_own_session_lowers_the_session_too(monkeypatch, tmp_p
     assert autogroup.read_text() == "13"
     monkeypatch.setattr(cli_module, "AUTOGROUP", str(tmp_path / "no such directory" / "autogroup"))
     cli_module._yield_cpu_to_requests()  # no autogrouping here: the niceness alone
+
+
+def test_each_process_names_its_database_connections():
+    """A paced job tells requests from its own work by the connections' application_name."""
+    from loyalty_api import create_app
+
+    def named(process, url="postgresql+psycopg://nobody@127.0.0.1:9/none"):
+        app = create_app({"SQLALCHEMY_DATABASE_URI": url, "LOYALTY_PROCESS": process, "SECRET_KEY": "x"})
+        return app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("connect_args", {}).get("application_name")
+
+    assert named("web") == "loyalty web" and named("jobs") == "loyalty jobs"
+    assert named("jobs", "postgresql+psycopg://nobody@127.0.0.1:9/none?application_name=mine") is None  # the URL's

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from ..extensions import db
 from ..timeutil import utcnow
-from .services import JOBS, lock_key, run_job
+from .services import JOBS, Pace, lock_key, run_job
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ class Scheduler:
             self._running += 1
         try:
             with self.app.app_context():
-                run = run_job(db.session, name, utcnow(), trigger="scheduler", should_stop=self.stopping.is_set)
+                run = run_job(db.session, name, utcnow(), trigger="scheduler", should_stop=self.stopping.is_set,
+                              pace=Pace.from_config(self.app.config))
             log.info("scheduler: job %s %s %s", name, run["status"], run["counts"])
         except Exception:
             log.exception("scheduler: job %s could not run", name)

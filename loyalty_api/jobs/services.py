@@ -8,16 +8,17 @@ anything twice. On PostgreSQL a session advisory lock keeps one runner per job (
 one records a `skipped` run); on SQLite the single writer serialises the chunks, which are
 idempotent all the same. Members' balances are locked (`FOR UPDATE`, id order) before a
 chunk moves them, exactly as an earning or a redemption does, and stay locked until the
-chunk commits: a purchase for one of them waits for the rest of the chunk. So the jobs that
-lock every due member (activate-pending, expire-points) take small chunks, a few hundred
-members held for a tenth of a second or so; the others take chunks of thousands, which
-spend less on each statement's fixed cost.
+chunk commits: a purchase for one of them waits for the rest of the chunk. Alone on the
+database a run takes chunks of thousands, which spend least on each statement's fixed cost;
+beside requests, a paced run (the scheduler's, the CLI's; see Pace) takes chunks of a hundred
+or so, holding each lock for a few milliseconds, and rests between them.
 """
 
 import hashlib
 import logging
 import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,12 +45,9 @@ from .models import JobRun
 
 log = logging.getLogger(__name__)
 
-# Members per chunk. A job that locks only a few members per chunk (review-tiers) or none
-# (reconcile-balances) takes big chunks; one that locks every due member's balance until its
-# chunk commits takes small ones, which hold each lock ~10x shorter and, for the same number
-# of requests, make ~10x fewer of them meet a lock at all, for some 10-15 % more run time.
+# Members per chunk when nothing else runs (see Pace for a run beside requests): expire-points
+# over 1,000,000 lots took twice as long in chunks of 500 as in chunks of 5,000.
 CHUNK_SIZE = 5000
-LOCKING_CHUNK_SIZE = 500
 FINDINGS_KEPT = 1000
 
 LOTS = PointLot.__table__
@@ -71,7 +69,6 @@ class Job:
     chunk: ChunkFunction
     writes: bool
     description: str
-    chunk_size: int = CHUNK_SIZE
 
 
 def _in_range(column, after: str | None, upto: str):
@@ -324,10 +321,9 @@ def reconcile_balances_chunk(session: Session, program: ProgramSettings, now: da
 
 JOBS: dict[str, Job] = {
     "activate-pending": Job("activate-pending", activate_pending_chunk, True,
-                            "Pending lots whose available_at has come become available", LOCKING_CHUNK_SIZE),
+                            "Pending lots whose available_at has come become available"),
     "expire-points": Job("expire-points", expire_points_chunk, True,
-                         "Lots past expires_at (fixed) or balances of inactive members (inactivity) expire",
-                         LOCKING_CHUNK_SIZE),
+                         "Lots past expires_at (fixed) or balances of inactive members (inactivity) expire"),
     "review-tiers": Job("review-tiers", review_tiers_chunk, True,
                         "Members move to the tier their qualifying figure reaches; stale referrals expire"),
     "reconcile-balances": Job("reconcile-balances", reconcile_balances_chunk, False,
@@ -409,11 +405,50 @@ def _start(session: Session, name: str, status: str, trigger: str, now: datetime
     return run_view(run)
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How a run gives way to requests, as autovacuum's cost delay does: while `traffic` sees
+    another application busy on the database, chunks of at most `chunk_size` members (each
+    balance lock held briefly), each followed by a rest of `rest` times as long as the chunk
+    took, so that the run and its database session take at most 1 / (1 + rest) of a core
+    from the requests. Alone on the database, a run goes at full speed with its own chunks."""
+
+    chunk_size: int = 100
+    rest: float = 1.0
+
+    @classmethod
+    def from_config(cls, config) -> "Pace | None":
+        """The pace of LOYALTY_JOBS_PACE_CHUNK_SIZE and LOYALTY_JOBS_PACE_REST; None when the rest is 0."""
+        rest = float(config["LOYALTY_JOBS_PACE_REST"])
+        return cls(int(config["LOYALTY_JOBS_PACE_CHUNK_SIZE"]), rest) if rest > 0 else None
+
+
+# Another client of the database, not of this process's application, running a statement or
+# holding a transaction now, or done with one within the last second.
+_TRAFFIC = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+    "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+    "AND application_name IS DISTINCT FROM current_setting('application_name') "
+    "AND (state IS DISTINCT FROM 'idle' OR state_change > clock_timestamp() - interval '1 second'))")
+
+
+def traffic(session: Session) -> bool:
+    """Whether another application is using the database (PostgreSQL; SQLite: never, it has
+    one writer and no view of other sessions)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    # Activity is read once per transaction and kept: a caller inside one sees it afresh too.
+    session.execute(text("SELECT pg_stat_clear_snapshot()"))
+    return bool(session.execute(_TRAFFIC).scalar())
+
+
 def run_job(session: Session, name: str, now: datetime, *, trigger: str = "cli",
-            chunk_size: int | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+            chunk_size: int = CHUNK_SIZE, should_stop: Callable[[], bool] | None = None,
+            pace: Pace | None = None) -> dict:
     """Run job `name` as of `now`, chunk by chunk, each chunk committed on its own; return the run.
 
-    `chunk_size` members per chunk; None takes the job's own (`Job.chunk_size`).
+    `chunk_size` members per chunk; with a `pace` the run gives way to requests while there
+    are any (see Pace).
 
     The runner owns its transactions (it is the one service that commits). A run that
     finds the job's lock taken is recorded as `skipped`; a chunk that fails ends the run as
@@ -424,7 +459,6 @@ def run_job(session: Session, name: str, now: datetime, *, trigger: str = "cli",
     job = JOBS.get(name)
     if job is None:
         raise NotFound(f"No job named {name!r}; jobs: {', '.join(JOBS)}")
-    chunk_size = chunk_size or job.chunk_size
     with advisory_lock(session, f"job:{name}") as held:
         if not held:
             return run_write(lambda s: _start(s, name, "skipped", trigger, now, False), session)
@@ -437,10 +471,16 @@ def run_job(session: Session, name: str, now: datetime, *, trigger: str = "cli",
             while True:
                 if should_stop is not None and should_stop():
                     raise InterruptedError("stopped between two chunks; a rerun finishes the rest")
+                size, rest = chunk_size, 0.0
+                if pace is not None and run_read(traffic, session):
+                    size, rest = min(chunk_size, pace.chunk_size), pace.rest
+                started = time.monotonic()
                 outcome = (run_write if job.writes else run_read)(
-                    lambda s, after=after: _run_chunk(s, job, run_id, now, after, chunk_size, totals), session)
+                    lambda s, after=after, size=size: _run_chunk(s, job, run_id, now, after, size, totals), session)
                 if outcome is None:
                     break
+                if rest:
+                    time.sleep(rest * (time.monotonic() - started))
                 after, result = outcome
                 totals.update(result.counts)
                 findings.extend(result.findings[:FINDINGS_KEPT - len(findings)])
