@@ -1,11 +1,11 @@
 """CPU per purchase of the service itself, in process, on PostgreSQL.
 
 Posts purchases through the Flask test client, one at a time, and counts the CPU time of
-this process (the service's Python: routing, parsing, rules, SQLAlchemy, psycopg) and the
-SQL statements per purchase. Unlike bench.ingest it measures no HTTP server nor load
-generator, so it stays meaningful on a busy machine: the figure to watch when changing
-the purchase path. Run: `python -m bench.purchase_cpu` (LOYALTY_BENCH_CPU_DATABASE_URL to
-use another database; it is dropped and created again).
+this process (the service's Python: routing, parsing, rules, SQLAlchemy, psycopg), the CPU
+time of its PostgreSQL backends, and the SQL statements per purchase. Unlike bench.ingest
+it measures no HTTP server nor load generator, so it stays meaningful on a busy machine:
+the figure to watch when changing the purchase path. Run: `python -m bench.purchase_cpu`
+(LOYALTY_BENCH_CPU_DATABASE_URL to use another database; it is dropped and created again).
 """
 
 import json
@@ -18,7 +18,7 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
-from bench.ingest import CATEGORIES, bench_rules
+from bench.ingest import CATEGORIES, backend_pids, bench_rules, cpu_seconds
 from loyalty_api import create_app
 from loyalty_api.auth.services import create_api_key
 from loyalty_api.extensions import db
@@ -70,16 +70,22 @@ def main() -> None:
     statements = []
     with app.app_context():
         event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(1))
-    cpu, wall = time.process_time(), time.perf_counter()
+    backends = backend_pids(url)  # the pool's connections, opened by the warm-up
+    cpu, wall, postgres = time.process_time(), time.perf_counter(), cpu_seconds(backends)
     for n in range(count):
         response = client.post("/v1/purchases", json=purchase(n, members[n % MEMBERS]), headers=headers)
         assert response.status_code == 201, response.json
     cpu, wall = (time.process_time() - cpu) / count * 1000, (time.perf_counter() - wall) / count * 1000
+    postgres = (cpu_seconds(backends) - postgres) / count * 1000
+    if set(backend_pids(url)) - set(backends):
+        sys.exit("the pool opened connections during the run: their backends' CPU is not counted")
     print(json.dumps({
         "benchmark": "purchase_cpu",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "figures": [
             {"name": "purchase_service_cpu_ms", "value": round(cpu, 2), "unit": "ms", "target": "-", "met": True},
+            {"name": "purchase_postgres_cpu_ms", "value": round(postgres, 2), "unit": "ms", "target": "-",
+             "met": True},
             {"name": "purchase_wall_ms_one_client", "value": round(wall, 2), "unit": "ms", "target": "-",
              "met": True},
             {"name": "statements_per_purchase", "value": round(len(statements) / count, 1), "unit": "statements",

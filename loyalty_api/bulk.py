@@ -84,7 +84,7 @@ class Writes:
 
     def update(self, table: Table, statement, postgres_sql: str, rows: Sequence[Mapping]) -> None:
         """Update with `statement` (an executemany on SQLite) or `postgres_sql`, which reads the
-        rows from `jsonb_to_recordset(%s::jsonb)`."""
+        rows from `jsonb_to_recordset(%s::jsonb)` (see `update_from_rows`)."""
         if rows:
             self._steps.append((table.name, True, postgres_sql, rows,
                                 lambda connection, rows=rows: connection.execute(statement, list(rows))))
@@ -116,6 +116,25 @@ def _run_together(connection: Connection, writes: list[tuple[str, Sequence[Mappi
     else:
         sql = "WITH " + ", ".join(f"w{n} AS ({body})" for n, (body, _) in enumerate(writes)) + " SELECT 1"
     connection.exec_driver_sql(sql, tuple(rows_json(rows) for _, rows in writes))
+
+
+def update_from_rows(table: str, alias: str, columns: str, assignments: str, keys: Mapping[str, str],
+                     condition: str = "") -> str:
+    """The PostgreSQL text of an update whose rows come as JSON (for `Writes.update`).
+
+    `columns` declares the JSON rows' fields (`b_member text, ...`), `assignments` sets the
+    table's columns from them (as `r.b_...`), `keys` matches table columns to fields, the
+    first an index's leading column. PostgreSQL guesses that a JSON array holds 100 rows, so
+    for a plain join it scanned the whole table to hash it (a purchase updating one balance
+    read all of them); matching the first key against an array built from the rows as well
+    makes it look the rows up in the index.
+    """
+    (first_column, first_field), *_ = keys.items()
+    match = " AND ".join(f"{alias}.{column} = r.{field}" for column, field in keys.items())
+    return (f"WITH r AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r({columns})) "
+            f"UPDATE {table} AS {alias} SET {assignments} FROM r WHERE {match} "
+            f"AND {alias}.{first_column} = ANY(ARRAY(SELECT {first_field} FROM r))"
+            + (f" AND ({condition})" if condition else ""))
 
 
 @cache

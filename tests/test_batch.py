@@ -1,12 +1,15 @@
 """POST /v1/purchases/batch: each purchase as if posted alone, with set-based statements."""
 
+import json
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from loyalty_api.extensions import db
+from loyalty_api.ledger import services as ledger_services
 from loyalty_api.members.models import MemberBalance
+from loyalty_api.purchases import services as purchase_services
 
 from .helpers import assert_invariants
 
@@ -110,6 +113,31 @@ def test_a_purchase_reads_with_five_statements_and_writes_with_one(api, session)
     assert len(sql) == 6, sql
     assert sql[-1].startswith("WITH w0 AS (INSERT INTO point_lots") and "INSERT INTO purchases" in sql[-1]
     assert_invariants(session)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("sql, rows, table", [
+    (ledger_services._PG_UPDATE_BALANCES,
+     [{"b_member": "m00001", "b_available": 1, "b_pending": 0, "b_lifetime": 1}], "member_balances"),
+    (ledger_services._PG_UPDATE_LAST_ACTIVITY, [{"b_member": "m00001", "b_at": "2026-11-23T10:00:00Z"}], "members"),
+    (purchase_services._PG_UPDATE_USAGE, [{"b_member": "m00001", "b_rule": "r1", "b_start": "2026-11-01T00:00:00Z",
+                                           "b_count": 1, "b_points": 5}], "rule_usage"),
+], ids=["balances", "last_activity", "usage"])
+def test_updates_from_json_rows_look_their_rows_up_by_index(session, sql, rows, table):
+    """PostgreSQL guesses a JSON array holds 100 rows; joined plainly, it scanned and hashed
+    the whole table for each purchase. Among thousands of members, each update must use an index."""
+    session.execute(text(
+        "INSERT INTO members (id, external_id, status, referral_code, metadata, enrolled_at) "
+        "SELECT 'm' || lpad(n::text, 5, '0'), 'x' || n, 'active', 'R' || n, '{}', now() "
+        "FROM generate_series(1, 5000) AS n"))
+    session.execute(text("INSERT INTO member_balances (member_id, available, pending, lifetime_earned, version) "
+                         "SELECT id, 0, 0, 0, 0 FROM members"))
+    session.execute(text(
+        "INSERT INTO rule_usage (id, member_id, rule_id, period_start, count, points) "
+        "SELECT 'u' || id, id, 'r1', '2026-11-01T00:00:00Z', 0, 0 FROM members"))
+    session.execute(text(f"ANALYZE {table}"))
+    plan = "\n".join(row[0] for row in session.connection().exec_driver_sql("EXPLAIN " + sql, (json.dumps(rows),)))
+    assert f"Seq Scan on {table}" not in plan and "Index" in plan, plan
 
 
 def test_batch_uses_a_fixed_number_of_statements(api, session):

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import BindParameter, Subquery, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from ..bulk import Writes
+from ..bulk import Writes, update_from_rows
 from ..errors import InsufficientPoints, MemberNotActive, NotFound
 from ..idempotency import Outcome, replay, request_hash
 from ..ids import new_id
@@ -152,17 +152,13 @@ _UPDATE_LAST_ACTIVITY = (
 
 
 # The same two updates for PostgreSQL, with the rows as one JSON array (see loyalty_api.bulk.Writes).
-_PG_UPDATE_BALANCES = """
-UPDATE member_balances AS b
-SET available = r.b_available, pending = r.b_pending, lifetime_earned = r.b_lifetime, version = b.version + 1
-FROM jsonb_to_recordset(%s::jsonb) AS r(b_member text, b_available bigint, b_pending bigint, b_lifetime bigint)
-WHERE b.member_id = r.b_member
-"""
-_PG_UPDATE_LAST_ACTIVITY = """
-UPDATE members AS m SET last_activity_at = r.b_at
-FROM jsonb_to_recordset(%s::jsonb) AS r(b_member text, b_at timestamptz)
-WHERE m.id = r.b_member AND (m.last_activity_at IS NULL OR m.last_activity_at < r.b_at)
-"""
+_PG_UPDATE_BALANCES = update_from_rows(
+    "member_balances", "b", "b_member text, b_available bigint, b_pending bigint, b_lifetime bigint",
+    "available = r.b_available, pending = r.b_pending, lifetime_earned = r.b_lifetime, version = b.version + 1",
+    {"member_id": "b_member"})
+_PG_UPDATE_LAST_ACTIVITY = update_from_rows(
+    "members", "m", "b_member text, b_at timestamptz", "last_activity_at = r.b_at", {"id": "b_member"},
+    "m.last_activity_at IS NULL OR m.last_activity_at < r.b_at")
 
 
 def write_credits(writes: Writes, plans: Iterable[CreditPlan | None]) -> None:

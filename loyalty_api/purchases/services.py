@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 import rules as engine
 
-from ..bulk import Writes
+from ..bulk import Writes, update_from_rows
 from ..errors import (
     CurrencyMismatch,
     DomainError,
@@ -138,12 +138,10 @@ _UPDATE_USAGE = (
                          _usage.c.period_start == bindparam("b_start"))
     .values(count=bindparam("b_count"), points=bindparam("b_points"))
 )
-_PG_UPDATE_USAGE = """
-UPDATE rule_usage AS u SET count = r.b_count, points = r.b_points
-FROM jsonb_to_recordset(%s::jsonb) AS r(b_member text, b_rule text, b_start timestamptz, b_count bigint,
-                                        b_points bigint)
-WHERE u.member_id = r.b_member AND u.rule_id = r.b_rule AND u.period_start = r.b_start
-"""
+_PG_UPDATE_USAGE = update_from_rows(
+    "rule_usage", "u", "b_member text, b_rule text, b_start timestamptz, b_count bigint, b_points bigint",
+    "count = r.b_count, points = r.b_points",
+    {"member_id": "b_member", "rule_id": "b_rule", "period_start": "b_start"})
 
 
 class Earnings:
