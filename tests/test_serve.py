@@ -1,0 +1,70 @@
+"""`loyalty serve`: the HTTP server starts, answers the API over a socket, and stops cleanly on
+SIGTERM. (The other tests call the application in process.)"""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LOYALTY = [str(Path(sys.executable).parent / "loyalty")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(port: int, method: str, path: str, body: bytes | None = None, key: str | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    answer = (response.status, response.getheader("Content-Type"), response.read())
+    conn.close()
+    return answer
+
+
+def test_serve_answers_over_http_and_stops_on_sigterm(tmp_path):
+    env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+           "LOYALTY_SECRET_KEY": "serve-test-" * 4}
+    subprocess.run(LOYALTY + ["db", "upgrade"], env=env, check=True, capture_output=True, timeout=120)
+    key = subprocess.run(LOYALTY + ["keys", "create", "--role", "admin"], env=env, check=True,
+                         capture_output=True, text=True, timeout=60).stdout.split()[-1]
+    port = _free_port()
+    server = subprocess.Popen(LOYALTY + ["serve", "--port", str(port), "--workers", "1", "--threads", "2"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                if _request(port, "GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not become ready"
+                time.sleep(0.2)
+        status, _, body = _request(port, "GET", "/v1/program", key=key)
+        assert status == 200 and "currency" in json.loads(body)
+        status, _, _ = _request(port, "GET", "/v1/program")
+        assert status == 401
+        member = {"external_id": "serve-1"}
+        status, _, body = _request(port, "POST", "/v1/members", json.dumps(member).encode(), key)
+        assert status == 201 and json.loads(body)["external_id"] == "serve-1"
+        status, content_type, body = _request(port, "POST", "/v1/members", b"{not json", key)
+        assert status == 422 and content_type == "application/problem+json", body
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            code = server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            raise
+    assert code == 0, server.stderr.read().decode()[-2000:]
