@@ -144,18 +144,32 @@ class GroupCommit(Generic[T, R]):
         return self._lead()
 
     def _lead(self) -> R:
+        # Whatever run_group does, every follower is answered or sent alone and the lead passes
+        # on (or the group commit goes idle): a request left waiting would wait forever.
+        size = self._group_size()
         with self._lock:
-            size = max(1, self._max_size())
             group, self._queue = self._queue[:size], self._queue[size:]
         try:
             results = self._run_group([ticket.item for ticket in group])
-        except BaseException:
+            if len(results) != len(group):
+                raise RuntimeError(f"a group of {len(group)} gave {len(results)} results")
+        except Exception:
             self._pass_on(group[1:], _Ticket.ALONE, [None] * (len(group) - 1))
             if len(group) == 1:
                 raise
             return self._run_group([group[0].item])[0]
+        except BaseException:  # the thread is being stopped: no rerun, the others go alone
+            self._pass_on(group[1:], _Ticket.ALONE, [None] * (len(group) - 1))
+            raise
         self._pass_on(group[1:], _Ticket.DONE, results[1:])
         return results[0]
+
+    def _group_size(self) -> int:
+        try:
+            return max(1, int(self._max_size()))
+        except Exception:  # a broken setting must not strand the queue: one request at a time
+            log.exception("group commit: no group size; running requests one by one")
+            return 1
 
     def _pass_on(self, followers: list["_Ticket"], role: str, results: list) -> None:
         """Hand the followers their results (or send them alone), and the lead to the next in line."""

@@ -143,3 +143,96 @@ def test_the_leader_answers_without_waiting_for_the_next_group():
     release_second.set()
     second[0].join(5)
     assert second_outcome == {"b": "b"}
+
+
+def _hold_first_group_then(group_commit_run, queued=2):
+    """Run a GroupCommit whose first group is held until `queued` more requests wait behind
+    it; return the outcomes of the leader (0) and of the queued requests (1..queued)."""
+    release = threading.Event()
+    calls = []
+
+    def run_group(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            assert release.wait(10)
+            return [item * 10 for item in items]
+        return group_commit_run(items, calls)
+
+    group_commit = GroupCommit(run_group, lambda: 10)
+    first, outcomes = submit_in_threads(group_commit, [0])
+    deadline = time.monotonic() + 10
+    while not calls:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    rest, more = submit_in_threads(group_commit, list(range(1, queued + 1)))
+    wait_queued(group_commit, queued)
+    release.set()
+    for thread in first + rest:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in first + rest), "a request was left waiting"
+    return group_commit, {**outcomes, **more}, calls
+
+
+def test_a_group_giving_the_wrong_number_of_results_fails_and_each_request_runs_alone():
+    def run(items, calls):
+        return [item * 10 for item in items][:1] if len(items) > 1 else [item * 10 for item in items]
+
+    group_commit, outcomes, calls = _hold_first_group_then(run)
+    assert outcomes == {0: 0, 1: 10, 2: 20}
+    assert calls[1] == [1, 2] and sorted(calls[2:]) == [[1], [2]]
+    assert group_commit.submit(3) == 30  # and the group commit is not stuck
+
+
+def test_a_failing_size_setting_runs_requests_one_by_one():
+    def broken():
+        raise ValueError("not a number")
+
+    group_commit = GroupCommit(lambda items: [item * 10 for item in items], broken)
+    threads, outcomes = submit_in_threads(group_commit, [1, 2, 3])
+    for thread in threads:
+        thread.join(10)
+    assert outcomes == {1: 10, 2: 20, 3: 30}
+    assert not group_commit._busy and group_commit._queue == []
+
+
+def test_an_interrupt_in_a_group_is_raised_not_swallowed_and_the_others_run_alone():
+    def run(items, calls):
+        if len(items) > 1:
+            raise KeyboardInterrupt
+        return [item * 10 for item in items]
+
+    outcomes = {}
+    release = threading.Event()
+    calls = []
+
+    def run_group(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            assert release.wait(10)
+            return [item * 10 for item in items]
+        return run(items, calls)
+
+    group_commit = GroupCommit(run_group, lambda: 10)
+
+    def worker(item):
+        try:
+            outcomes[item] = group_commit.submit(item)
+        except BaseException as err:  # noqa: BLE001 - the test looks at what each caller got
+            outcomes[item] = err
+
+    threads = [threading.Thread(target=worker, args=(0,))]
+    threads[0].start()
+    while not calls:
+        time.sleep(0.005)
+    threads += [threading.Thread(target=worker, args=(item,)) for item in (1, 2)]
+    for thread in threads[1:]:
+        thread.start()
+    wait_queued(group_commit, 2)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert outcomes[0] == 0
+    leader = calls[1][0]
+    follower = calls[1][1]
+    assert isinstance(outcomes[leader], KeyboardInterrupt) and outcomes[follower] == follower * 10
+    assert [follower] in calls[2:] and [leader] not in calls[2:]  # the interrupted leader is not rerun

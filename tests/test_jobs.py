@@ -276,8 +276,8 @@ def test_beside_traffic_a_run_takes_small_chunks_and_rests_after_each(api, sessi
     clock = iter(range(0, 1000, 2))  # each chunk takes 2 s
     monkeypatch.setitem(jobs.JOBS, "expire-points", replace(job, chunk=counted))
     monkeypatch.setattr(jobs, "traffic", lambda s: busy[0])
-    monkeypatch.setattr(jobs.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(jobs.time, "sleep", rests.append)
+    monkeypatch.setattr(jobs, "_monotonic", lambda: next(clock))
+    monkeypatch.setattr(jobs, "_sleep", rests.append)
     run = expire_points(session, AFTER_EXPIRY, chunk_size=5, pace=jobs.Pace(chunk_size=2, rest=3))
     assert run["status"] == "succeeded" and run["counts"]["members"] == 7
     assert len(chunks) == 4 and rests == [6, 6, 6, 6]  # 7 members, 2 a chunk, 3 × 2 s after each
@@ -298,6 +298,7 @@ def test_pace_comes_from_configuration():
     config = {"LOYALTY_JOBS_PACE_CHUNK_SIZE": 50, "LOYALTY_JOBS_PACE_REST": 2.5}
     assert jobs.Pace.from_config(config) == jobs.Pace(chunk_size=50, rest=2.5)
     assert jobs.Pace.from_config({**config, "LOYALTY_JOBS_PACE_REST": 0}) is None
+    assert jobs.Pace.from_config({**config, "LOYALTY_JOBS_PACE_CHUNK_SIZE": 0}).chunk_size == 1
 
 
 def test_traffic_is_another_application_busy_within_the_last_second(app, session):

@@ -420,7 +420,7 @@ class Pace:
     def from_config(cls, config) -> "Pace | None":
         """The pace of LOYALTY_JOBS_PACE_CHUNK_SIZE and LOYALTY_JOBS_PACE_REST; None when the rest is 0."""
         rest = float(config["LOYALTY_JOBS_PACE_REST"])
-        return cls(int(config["LOYALTY_JOBS_PACE_CHUNK_SIZE"]), rest) if rest > 0 else None
+        return cls(max(1, int(config["LOYALTY_JOBS_PACE_CHUNK_SIZE"])), rest) if rest > 0 else None
 
 
 # Another client of the database, not of this process's application, running a statement or
@@ -432,9 +432,17 @@ _TRAFFIC = text(
     "AND (state IS DISTINCT FROM 'idle' OR state_change > clock_timestamp() - interval '1 second'))")
 
 
+# The runner's clock and rest, apart from the time module so that tests can replace them alone.
+_monotonic, _sleep = time.monotonic, time.sleep
+
+
 def traffic(session: Session) -> bool:
     """Whether another application is using the database (PostgreSQL; SQLite: never, it has
-    one writer and no view of other sessions)."""
+    one writer and no view of other sessions).
+
+    PostgreSQL shows other roles' sessions without their state unless the job's role may read
+    all statistics (pg_read_all_stats, part of pg_monitor): where the web workers connect as
+    another role, grant it to the jobs' role, or their traffic goes unseen."""
     if session.get_bind().dialect.name != "postgresql":
         return False
     # Activity is read once per transaction and kept: a caller inside one sees it afresh too.
@@ -474,13 +482,13 @@ def run_job(session: Session, name: str, now: datetime, *, trigger: str = "cli",
                 size, rest = chunk_size, 0.0
                 if pace is not None and run_read(traffic, session):
                     size, rest = min(chunk_size, pace.chunk_size), pace.rest
-                started = time.monotonic()
+                started = _monotonic()
                 outcome = (run_write if job.writes else run_read)(
                     lambda s, after=after, size=size: _run_chunk(s, job, run_id, now, after, size, totals), session)
                 if outcome is None:
                     break
                 if rest:
-                    time.sleep(rest * (time.monotonic() - started))
+                    _sleep(rest * (_monotonic() - started))
                 after, result = outcome
                 totals.update(result.counts)
                 findings.extend(result.findings[:FINDINGS_KEPT - len(findings)])
