@@ -18,6 +18,8 @@ from sqlalchemy import Table, insert
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
+from .driver import run_on_driver
+
 _QUOTE = postgresql.dialect().identifier_preparer.quote
 
 
@@ -115,7 +117,7 @@ def _run_together(connection: Connection, writes: list[tuple[str, Sequence[Mappi
         sql = writes[0][0]
     else:
         sql = "WITH " + ", ".join(f"w{n} AS ({body})" for n, (body, _) in enumerate(writes)) + " SELECT 1"
-    connection.exec_driver_sql(sql, tuple(rows_json(rows) for _, rows in writes))
+    run_on_driver(connection, sql, tuple(rows_json(rows) for _, rows in writes))
 
 
 def update_from_rows(table: str, alias: str, columns: str, assignments: str, keys: Mapping[str, str],

@@ -12,6 +12,7 @@ from sqlalchemy import BindParameter, Subquery, bindparam, func, insert, select,
 from sqlalchemy.orm import Session
 
 from ..bulk import Writes, update_from_rows
+from ..driver import DriverQuery
 from ..errors import InsufficientPoints, MemberNotActive, NotFound
 from ..idempotency import Outcome, replay, request_hash
 from ..ids import new_id
@@ -404,7 +405,7 @@ _grouped_expiries = (
     .group_by(_lots.c.member_id, _lots.c.expires_at)
     .subquery()
 )
-_EXPIRY_GROUPS = select(_grouped_expiries).where(_grouped_expiries.c.position <= EXPIRING_SHOWN)
+_EXPIRY_GROUPS = DriverQuery(select(_grouped_expiries).where(_grouped_expiries.c.position <= EXPIRING_SHOWN))
 
 
 def load_expiry_groups(session: Session, member_ids: Sequence[str],
@@ -417,7 +418,7 @@ def load_expiry_groups(session: Session, member_ids: Sequence[str],
     if program.expiry_mode != "fixed" or not member_ids:
         return {}
     groups: dict[str, dict[datetime, int]] = {}
-    for row in session.connection().execute(_EXPIRY_GROUPS, {"member_ids": list(member_ids)}):
+    for row in _EXPIRY_GROUPS.rows(session.connection(), {"member_ids": list(member_ids)}):
         groups.setdefault(row.member_id, {})[row.expires_at] = int(row.points)
     return groups
 

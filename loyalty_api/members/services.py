@@ -9,6 +9,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine, bindparam, insert, or_, select
 from sqlalchemy.orm import Session
 
+from ..driver import DriverQuery
 from ..errors import DomainError, MemberExists, MemberNotActive, NotFound
 from ..ids import new_id
 from ..ledger.services import (
@@ -272,7 +273,8 @@ _READ_MEMBERS = (
                _members.c.external_id.in_(bindparam("external_ids", expanding=True))))
     .order_by(_balances.c.member_id)
 )
-_LOCK_MEMBERS = _READ_MEMBERS.with_for_update(of=_balances)
+_LOCK_MEMBERS = DriverQuery(_READ_MEMBERS.with_for_update(of=_balances))
+_READ_MEMBERS = DriverQuery(_READ_MEMBERS)
 
 
 def read_members(session: Session, *, member_ids: Iterable[str] = (), external_ids: Iterable[str] = (),
@@ -282,8 +284,8 @@ def read_members(session: Session, *, member_ids: Iterable[str] = (), external_i
     Locks are taken in member id order, so two batches touching the same members never
     deadlock on each other.
     """
-    rows = session.connection().execute(_LOCK_MEMBERS if lock else _READ_MEMBERS,
-                                        {"member_ids": list(member_ids), "external_ids": list(external_ids)})
+    rows = (_LOCK_MEMBERS if lock else _READ_MEMBERS).rows(
+        session.connection(), {"member_ids": list(member_ids), "external_ids": list(external_ids)})
     return {
         row.member_id: MemberState(
             id=row.member_id, external_id=row.external_id, status=row.status, enrolled_at=row.enrolled_at,

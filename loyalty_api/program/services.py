@@ -6,6 +6,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ..driver import DriverQuery
 from ..errors import ValidationFailed
 from ..ids import new_id
 from .models import PROGRAM_ID, Program
@@ -46,13 +47,15 @@ class ProgramSettings:
 _COLUMNS = [c for c in ProgramSettings.__dataclass_fields__]
 
 
-_READ_PROGRAM = select(*[Program.__table__.c[c] for c in _COLUMNS]).where(Program.__table__.c.id == PROGRAM_ID)
+_READ_PROGRAM = DriverQuery(
+    select(*[Program.__table__.c[c] for c in _COLUMNS]).where(Program.__table__.c.id == PROGRAM_ID))
 
 
 def get_program(session: Session) -> ProgramSettings:
     """Return the program's settings."""
     session.flush()  # the read below bypasses the session's autoflush
-    return ProgramSettings(**session.connection().execute(_READ_PROGRAM).one()._asdict())
+    (row,) = _READ_PROGRAM.rows(session.connection())
+    return ProgramSettings(*row)
 
 
 def update_program(session: Session, changes: dict, now: datetime) -> ProgramSettings:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 import rules as engine
 
 from ..bulk import Writes, update_from_rows
+from ..driver import DriverQuery
 from ..errors import (
     CurrencyMismatch,
     DomainError,
@@ -127,7 +128,7 @@ def _check_occurred_at(occurred_at: datetime, now: datetime) -> None:
 # --- earning -------------------------------------------------------------------------------
 
 _usage = RuleUsage.__table__
-_READ_USAGE = (
+_READ_USAGE = DriverQuery(
     select(_usage.c.member_id, _usage.c.rule_id, _usage.c.period_start, _usage.c.count, _usage.c.points)
     .where(_usage.c.member_id.in_(bindparam("member_ids", expanding=True)),
            _usage.c.rule_id.in_(bindparam("rule_ids", expanding=True)),
@@ -242,7 +243,7 @@ class Earnings:
         wanted -= self._usage.keys()
         if not wanted:
             return
-        rows = self.session.connection().execute(_READ_USAGE, {
+        rows = _READ_USAGE.rows(self.session.connection(), {
             "member_ids": list({k[0] for k in wanted}), "rule_ids": list({k[1] for k in wanted}),
             "starts": list({k[2] for k in wanted})})
         for row in rows:
@@ -493,14 +494,15 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
 
 
 _purchases = Purchase.__table__
-_STORED_PURCHASES = select(_purchases.c.transaction_id, _purchases.c.request_hash, _purchases.c.response).where(
-    _purchases.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)))
+_STORED_PURCHASES = DriverQuery(
+    select(_purchases.c.transaction_id, _purchases.c.request_hash, _purchases.c.response)
+    .where(_purchases.c.transaction_id.in_(bindparam("transaction_ids", expanding=True))))
 
 
 def _stored_purchases(session: Session, transaction_ids: set[str]) -> dict[str, tuple[str, dict]]:
     if not transaction_ids:
         return {}
-    rows = session.connection().execute(_STORED_PURCHASES, {"transaction_ids": list(transaction_ids)})
+    rows = _STORED_PURCHASES.rows(session.connection(), {"transaction_ids": list(transaction_ids)})
     return {row.transaction_id: (row.request_hash, row.response) for row in rows}
 
 

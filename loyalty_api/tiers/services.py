@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, bindparam, func, select, union_all, update
 from sqlalchemy.orm import Session
 
 from ..bulk import insert_rows
+from ..driver import DriverQuery
 from ..errors import NotFound, TierExists, TierInUse
 from ..ids import new_id
 from ..members.models import Member
@@ -126,16 +127,16 @@ def _figure_statement(*parts):
 
 # The purchase path asks for a few members' figures on every earning: built once.
 _FIGURE_STATEMENTS = {
-    "points": _figure_statement((_purchases, _purchases.c.points - _purchases.c.reversed_points),
-                                (_events, _events.c.points)),
-    "spend": _figure_statement((_purchases, _purchases.c.total - _purchases.c.refunded_amount)),
+    "points": DriverQuery(_figure_statement((_purchases, _purchases.c.points - _purchases.c.reversed_points),
+                                            (_events, _events.c.points))),
+    "spend": DriverQuery(_figure_statement((_purchases, _purchases.c.total - _purchases.c.refunded_amount))),
 }
 
 
 def _figures_of(session: Session, program: ProgramSettings, member_ids: list[str], start: datetime,
                 now: datetime) -> dict[str, int]:
-    rows = session.connection().execute(_FIGURE_STATEMENTS[program.tier_metric],
-                                        {"member_ids": member_ids, "start": start, "now": now})
+    rows = _FIGURE_STATEMENTS[program.tier_metric].rows(session.connection(),
+                                                        {"member_ids": member_ids, "start": start, "now": now})
     return {row.member_id: int(row.figure or 0) for row in rows}
 
 

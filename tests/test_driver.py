@@ -1,0 +1,154 @@
+"""The purchase path's reads on the driver's cursor give what SQLAlchemy would, and fail as it would."""
+
+from datetime import UTC, timedelta
+
+import pytest
+from sqlalchemy import bindparam, event, select
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+
+from loyalty_api.driver import DriverQuery, run_on_driver
+from loyalty_api.extensions import db
+from loyalty_api.ledger.services import _EXPIRY_GROUPS
+from loyalty_api.members.models import Member
+from loyalty_api.members.services import _LOCK_MEMBERS, _READ_MEMBERS
+from loyalty_api.program.services import _READ_PROGRAM
+from loyalty_api.purchases.services import _STORED_PURCHASES
+from loyalty_api.tiers.services import _FIGURE_STATEMENTS
+
+from .conftest import IS_POSTGRES, NOW
+
+RULE = {"name": "1 per 1.00", "kind": "earn", "trigger": "purchase", "status": "active",
+        "effect": {"type": "per_amount", "points": 1, "per": 100, "rounding": "floor"}}
+
+
+@pytest.fixture
+def members(api):
+    program = {"currency": "EUR", "expiry": {"mode": "fixed", "months": 12}}
+    assert api.patch("/v1/program", json=program).status_code == 200
+    assert api.post("/v1/tiers", json={"code": "gold", "name": "Gold", "rank": 1, "threshold": 100,
+                                       "multiplier": 1.5}).status_code == 201
+    assert api.post("/v1/rules", json=RULE).status_code == 201
+    ids = [api.post("/v1/members", json={"external_id": f"drv-{n}", "metadata": {"n": n}}).json["id"]
+           for n in range(3)]
+    for n, member_id in enumerate(ids[:2]):
+        for k in range(2):
+            body = {"transaction_id": f"drv-{n}-{k}", "member_id": member_id, "currency": "EUR",
+                    "total": 1000 * (k + 1), "occurred_at": (NOW - timedelta(days=40 * k)).isoformat()}
+            assert api.post("/v1/purchases", json=body).status_code == 201
+    return ids
+
+
+def both_ways(query: DriverQuery, params: dict) -> tuple[list, list]:
+    connection = db.session.connection()
+    expected = [tuple(row) for row in connection.execute(query.statement, params)]
+    return [tuple(row) for row in query.rows(connection, params)], expected
+
+
+@pytest.mark.parametrize("member_ids, external_ids, found", [
+    ([0], [], 1), ([], ["drv-2"], 1), ([0, 1, 2], ["drv-1", "nobody"], 3), ([], [], 0), (["unknown"], [], 0)])
+def test_member_reads_match_sqlalchemy(members, member_ids, external_ids, found):
+    ids = [members[n] if isinstance(n, int) else n for n in member_ids]
+    for query in (_READ_MEMBERS, _LOCK_MEMBERS):
+        got, expected = both_ways(query, {"member_ids": ids, "external_ids": external_ids})
+        assert got == expected
+        assert len(got) == found
+
+
+def test_other_purchase_path_reads_match_sqlalchemy(members):
+    got, expected = both_ways(_READ_PROGRAM, {})
+    assert got == expected and len(got) == 1
+    got, expected = both_ways(_EXPIRY_GROUPS, {"member_ids": members})
+    assert got == expected and len(got) == 4
+    # Datetimes come back in UTC, as the column type makes them.
+    assert all(row[1].tzinfo is UTC for row in got)
+    for metric, query in _FIGURE_STATEMENTS.items():
+        got, expected = both_ways(query, {"member_ids": members, "start": NOW - timedelta(days=30),
+                                          "now": NOW + timedelta(hours=1)})
+        assert got == expected and len(got) == 2, metric
+    got, expected = both_ways(_STORED_PURCHASES, {"transaction_ids": ["drv-0-0", "drv-1-1", "nope"]})
+    assert sorted(got) == sorted(expected) and len(got) == 2
+    assert isinstance(got[0][2], dict)  # the stored response, as JSON
+
+
+def test_rows_are_named(members):
+    (row,) = _READ_MEMBERS.rows(db.session.connection(), {"member_ids": [members[0]], "external_ids": []})
+    assert row.member_id == members[0] and row.external_id == "drv-0" and row.metadata == {"n": 0}
+    assert row._asdict()["available"] == row.available > 0
+
+
+@pytest.mark.postgres
+def test_each_in_list_size_fills_the_statement_as_sqlalchemy_would(members):
+    connection = db.session.connection()
+    query = DriverQuery(select(Member.__table__.c.id).where(
+        Member.__table__.c.id.in_(bindparam("ids", expanding=True)),
+        Member.__table__.c.status == "active", Member.__table__.c.enrolled_at <= bindparam("at")))
+    query.rows(connection, {"ids": members[:1], "at": NOW})  # compiles
+    compiled = query.statement.compile(dialect=connection.dialect)
+    for ids in ([], members[:1], members, members[1:], members[:1]):
+        params = {"ids": ids, "at": NOW + timedelta(days=1)}
+        assert sorted(row.id for row in query.rows(connection, params)) == sorted(ids)
+        state = compiled.construct_expanded_state(dict(params))
+        shape = query._shapes[(len(ids),)]
+        assert shape.sql == state.statement
+        assert shape.parameters(params) == {name: state.processors[name](value) if name in state.processors
+                                            else value for name, value in state.parameters.items()}
+
+
+def test_statements_reach_cursor_listeners(members):
+    seen = []
+
+    def listen(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", listen)
+    try:
+        _READ_PROGRAM.rows(db.session.connection())
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listen)
+    assert any("FROM program" in statement for statement in seen)
+
+
+@pytest.mark.postgres
+def test_driver_errors_are_sqlalchemy_errors_with_their_sqlstate(session):
+    connection = session.connection()
+    with pytest.raises(DataError) as caught:
+        run_on_driver(connection, "SELECT 1 / %s", (0,), fetch=True)
+    assert caught.value.orig.sqlstate == "22012"
+
+
+@pytest.mark.postgres
+def test_a_unique_violation_stays_retryable(session):
+    connection = session.connection()
+    run_on_driver(connection, "CREATE TEMPORARY TABLE driver_once (id int PRIMARY KEY)")
+    run_on_driver(connection, "INSERT INTO driver_once VALUES (1)")
+    with pytest.raises(IntegrityError) as caught:
+        run_on_driver(connection, "INSERT INTO driver_once VALUES (%s)", (1,))
+    assert caught.value.orig.sqlstate == "23505"
+
+
+@pytest.mark.postgres
+def test_a_lost_connection_is_invalidated(app):
+    with app.app_context(), db.engine.connect() as connection:
+        (pid,), = run_on_driver(connection, "SELECT pg_backend_pid()", fetch=True)
+        with db.engine.connect() as other:
+            run_on_driver(other, "SELECT pg_terminate_backend(%s)", (pid,), fetch=True)
+        with pytest.raises(DBAPIError) as caught:
+            _READ_PROGRAM.rows(connection)
+        assert caught.value.connection_invalidated
+        assert connection.invalidated
+
+
+def test_only_postgresql_bypasses_the_execution_layer(members):
+    contexts = []
+
+    def listen(conn, cursor, statement, parameters, context, executemany):
+        if "FROM program" in statement:
+            contexts.append(context)
+
+    event.listen(db.engine, "before_cursor_execute", listen)
+    try:
+        _READ_PROGRAM.rows(db.session.connection())
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listen)
+    # No execution context on PostgreSQL: psycopg ran it; elsewhere SQLAlchemy did.
+    assert len(contexts) == 1 and (contexts[0] is None) == IS_POSTGRES
