@@ -14,6 +14,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from functools import cache
 
+import orjson
 from sqlalchemy import Table, insert
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
@@ -32,8 +33,17 @@ def _json_default(value):
 
 
 def rows_json(rows: Sequence[Mapping]) -> str:
-    """Return rows as the JSON array the PostgreSQL statements below expand."""
-    return json.dumps(rows, default=_json_default, separators=(",", ":"))
+    """Return rows as the JSON array the PostgreSQL statements below expand.
+
+    orjson writes a purchase's rows several times faster than the json module (whose
+    encoder calls back into Python for every timestamp), and writes timestamps exactly as
+    `isoformat()` does. What it refuses (an integer beyond 64 bits in client metadata, a
+    lone surrogate) goes through the json module instead.
+    """
+    try:
+        return orjson.dumps(rows, default=_json_default).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(rows, default=_json_default, separators=(",", ":"))
 
 
 def insert_rows(connection: Connection, table: Table, rows: Sequence[Mapping]) -> None:

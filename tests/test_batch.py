@@ -162,3 +162,19 @@ def test_batch_size_is_limited(api):
     assert r.status_code == 422
     assert "purchases" in r.json["errors"]
     assert api.post("/v1/purchases/batch", json={"purchases": []}).status_code == 422
+
+
+def test_rows_travel_as_the_json_module_would_write_them():
+    from datetime import UTC, date, datetime
+    from decimal import Decimal
+
+    from loyalty_api.bulk import _json_default, rows_json
+
+    rows = [{"at": datetime(2026, 3, 10, 12, 0, tzinfo=UTC), "fine": datetime(2026, 3, 10, 12, 0, 0, 123, tzinfo=UTC),
+             "day": date(2026, 1, 2), "factor": Decimal("1.5"), "none": None,
+             "metadata": {"x": [1, 2.5, "é", True]}}]
+    assert json.loads(rows_json(rows)) == json.loads(json.dumps(rows, default=_json_default))
+    assert '"2026-03-10T12:00:00.000123+00:00"' in rows_json(rows)
+    # What orjson refuses, the json module writes.
+    for odd in (10**30, "\ud800"):
+        assert json.loads(rows_json([{"metadata": {"odd": odd}}])) == [{"metadata": {"odd": odd}}]
