@@ -358,3 +358,25 @@ def test_a_balance_read_of_its_own_runs_without_a_transaction_on_postgres(app):
                 conn.execute(delete(MemberBalance).where(MemberBalance.member_id == member_id))
                 conn.execute(delete(Member).where(Member.id == member_id))
             db.session.remove()
+
+
+def test_ids_are_ulids_in_crockford_base32():
+    import random
+
+    from loyalty_api.ids import encode_ulid, new_id
+
+    def digit_by_digit(value: int, length: int) -> str:
+        alphabet, chars = "0123456789abcdefghjkmnpqrstvwxyz", []
+        for _ in range(length):
+            value, digit = divmod(value, 32)
+            chars.append(alphabet[digit])
+        return "".join(reversed(chars))
+
+    draw = random.Random(7)
+    cases = [(0, 0), (2**48 - 1, 2**80 - 1), (1, 1), (2**48 - 1, 0), (0, 2**80 - 1)]
+    cases += [(draw.getrandbits(48), draw.getrandbits(80)) for _ in range(500)]
+    for milliseconds, randomness in cases:
+        expected = digit_by_digit(milliseconds, 10) + digit_by_digit(randomness, 16)
+        assert encode_ulid(milliseconds, randomness) == expected
+    made = [new_id() for _ in range(1000)]
+    assert made == sorted(made) and len(set(made)) == 1000 and all(len(i) == 26 for i in made)
