@@ -304,6 +304,7 @@ class CpuMeter:
         backends = backend_pids(self.url)
         children = os.times()
         return {"server": cpu_seconds(server), "backends": {pid: cpu_seconds([pid]) for pid in backends},
+                "workers": {pid: cpu_seconds([pid]) for pid in server[1:]},
                 "load": children.children_user + children.children_system,
                 "machine": machine_busy_seconds(), "at": time.monotonic()}
 
@@ -322,7 +323,12 @@ class CpuMeter:
         load = a["load"] - b["load"]
         other = (a["machine"] - b["machine"]) - server - postgres - load
         per = 1000 / max(requests, 1)
+        # Keep-alive connections stay with the worker that accepted them: with few of them,
+        # one worker may hold most and cap the rate at one core (the GIL) while the other idles.
+        workers = [cpu - b["workers"].get(pid, 0.0) for pid, cpu in a["workers"].items()]
+        busiest = max(workers) / sum(workers) if sum(workers) > 0 else 1.0
         return {"server_ms": server * per, "postgres_ms": postgres * per, "load_ms": load * per,
+                "busiest_worker_share": busiest,
                 "server_cores": server / elapsed, "postgres_cores": postgres / elapsed,
                 "load_cores": load / elapsed, "other_cores": max(other, 0.0) / elapsed}
 
@@ -380,6 +386,19 @@ def set_up_program(port: int, key: str, url: str, members: int) -> tuple[list[st
         conn.execute("UPDATE members SET tier_id = %s WHERE id = ANY(%s)", (tier["id"], member_ids[::TIER_SHARE]))
         conn.execute("VACUUM ANALYZE")
     return member_ids, len(active["data"])
+
+
+def analyze(url: str) -> None:
+    """Refresh the planner's statistics, as autovacuum does on a live database.
+
+    The tables were empty when the warm-up began, so the plans the server's connections
+    prepared then (psycopg prepares a statement on its fifth run) assume empty tables, and
+    autovacuum looks at a database only once a minute: without this, the measured run
+    scans whole tables that grew under it (twice the PostgreSQL CPU per purchase).
+    ANALYZE invalidates those plans; each connection plans again on its next run.
+    """
+    with connect(url) as conn:
+        conn.execute("ANALYZE")
 
 
 # --- load with wrk ----------------------------------------------------------------------------
@@ -664,6 +683,7 @@ def main() -> None:
             log(f"warm-up: {warmup} s, {connections} connections")
             warm = run_wrk(wrk, script, port, connections=connections, duration=warmup, prefix="w")
             log(f"warm-up: {warm['per_s']:.0f}/s, p99 {warm['p99_us'] / 1000:.1f} ms")
+            analyze(url)
             log(f"measured run: {duration} s, {connections} connections")
             with CpuMeter(server, url) as meter, profiled(server, duration):
                 measured = run_wrk(wrk, script, port, connections=connections, duration=duration, prefix="m")
@@ -671,6 +691,9 @@ def main() -> None:
             log("CPU per purchase: server {server_ms:.1f} ms, postgres {postgres_ms:.1f} ms, wrk {load_ms:.1f} ms; "
                 "cores busy: server {server_cores:.2f}, postgres {postgres_cores:.2f}, wrk {load_cores:.2f}, "
                 "other processes {other_cores:.2f}".format(**cpu))
+            if cpu["busiest_worker_share"] > 0.65 and workers > 1:
+                log(f"warning: one worker did {cpu['busiest_worker_share']:.0%} of the server's work "
+                    "(the connections were not spread): the rate is capped by one core")
             if cpu["other_cores"] > 0.2:
                 log(f"warning: other processes used {cpu['other_cores']:.2f} cores during the measured run")
             log(f"measured: {measured['per_s']:.0f}/s, p50 {measured['p50_us'] / 1000:.1f} ms, "
@@ -715,6 +738,8 @@ def main() -> None:
         figure("balance_drift_members", shape["balance_drift"], "members", "0", shape["balance_drift"] == 0),
         figure("server_cpu_ms_per_purchase", cpu["server_ms"], "ms"),
         figure("postgres_cpu_ms_per_purchase", cpu["postgres_ms"], "ms"),
+        figure("busiest_worker_share", cpu["busiest_worker_share"], "x", "~ 1/workers (connections spread)",
+               cpu["busiest_worker_share"] <= 0.65 or workers == 1),
         figure("other_processes_cpu_cores", cpu["other_cores"], "cores", "< 0.2 (a quiet machine)",
                cpu["other_cores"] < 0.2),
     ]
