@@ -101,7 +101,7 @@ def instructions_per_purchase(url: str, group: int, purchases: int, first: int, 
     match = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
     if done.returncode != 0 or not match:
         raise RuntimeError(f"valgrind run failed:\n{done.stderr[-3000:]}")
-    return int(match.group(1).replace(",", "")) / purchases
+    return int(match.group(1).replace(",", "")) / (purchases // group * group)
 
 
 def main() -> None:

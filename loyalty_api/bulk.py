@@ -36,9 +36,10 @@ def rows_json(rows: Sequence[Mapping]) -> str:
     """Return rows as the JSON array the PostgreSQL statements below expand.
 
     orjson writes a purchase's rows several times faster than the json module (whose
-    encoder calls back into Python for every timestamp), and writes timestamps exactly as
-    `isoformat()` does. What it refuses (an integer beyond 64 bits in client metadata, a
-    lone surrogate) goes through the json module instead.
+    encoder calls back into Python for every timestamp), and writes timestamps as
+    `isoformat()` does for offsets of whole minutes, the only ones the API takes (orjson
+    rounds an offset's seconds). What it refuses (an integer beyond 64 bits in client
+    metadata, a lone surrogate) goes through the json module instead.
     """
     try:
         return orjson.dumps(rows, default=_json_default).decode()

@@ -15,37 +15,71 @@ this overhead is small) the statements go through `connection.execute`.
 
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-import psycopg
 from sqlalchemy import Select
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.sqltypes import TupleType
+
+# Shapes (SQL text for given IN-list sizes) kept per query: small lists (single purchases and
+# their groups) repeat; a batch's lists of hundreds rarely do, and are filled in afresh.
+_SHAPES_KEPT = 256
+_LARGEST_KEPT = 64  # total items of a query's IN lists
+
+
+def on_driver(connection: Connection) -> bool:
+    """Whether statements on this connection may bypass SQLAlchemy's execution layer."""
+    return connection.dialect.driver == "psycopg"
+
+
+class _Compiled(NamedTuple):
+    """A query compiled for one dialect; replaced whole, never changed, so threads share it."""
+
+    dialect: Dialect
+    compiled: Any
+    expanding: tuple[str, ...]
+    shapes: dict
+    processors: list  # [(column index, processor)], from the first result's column types
 
 
 class DriverQuery:
-    """A SELECT built once (module level) and run on the driver's cursor on PostgreSQL."""
+    """A SELECT built once (module level) and run on the driver's cursor on PostgreSQL.
+
+    Supports plain and expanding (IN-list) bind parameters given at each run; a statement
+    with a literal IN list, a callable bind value or a tuple IN is refused when compiled.
+    """
 
     def __init__(self, statement: Select) -> None:
         self.statement = statement
         self.row_type = namedtuple("Row", list(statement.selected_columns.keys()))  # noqa: PYI024
-        self._dialect: Dialect | None = None
-        self._compiled = None
-        self._expanding: tuple[str, ...] = ()
-        self._row_processors: list[tuple[int, Callable]] = []
-        self._shapes: dict[tuple[int, ...], _Shape] = {}
+        self._state: _Compiled | None = None
 
     def rows(self, connection: Connection, params: Mapping[str, Any] | None = None) -> list:
         """Run the query; return its rows as named tuples (attribute access, `_asdict()`)."""
         params = params or {}
-        if connection.dialect.name != "postgresql":
+        if not on_driver(connection):
             return [self.row_type(*row) for row in connection.execute(self.statement, params)]
-        if self._dialect is not connection.dialect:
-            self._compile(connection.dialect)
-        sizes = tuple(len(params[name]) for name in self._expanding)
-        shape = self._shapes.get(sizes) or self._new_shape(sizes, params)
-        values = shape.parameters(params)
-        rows = run_on_driver(connection, shape.sql, values, fetch=True)
-        row_type, processors = self.row_type, self._row_processors
+        state = self._state
+        if state is None or state.dialect is not connection.dialect:
+            state = self._state = self._compile(connection.dialect)
+        sizes = tuple(len(params[name]) for name in state.expanding)
+        key = (sizes, frozenset(params))
+        shape = state.shapes.get(key)
+        if shape is None:
+            expanded = state.compiled.construct_expanded_state(dict(params))
+            shape = _Shape(expanded.statement, expanded.parameters, expanded.processors,
+                           expanded.parameter_expansion, given=set(params))
+            if sum(sizes) <= _LARGEST_KEPT:
+                if len(state.shapes) >= _SHAPES_KEPT:
+                    state.shapes.pop(next(iter(state.shapes), None), None)
+                state.shapes[key] = shape
+        rows, description = _run(connection, shape.sql, shape.parameters(params), fetch=True)
+        processors = state.processors
+        if processors is None:
+            processors = self._result_processors(connection.dialect, description)
+            if self._state is state:
+                self._state = state._replace(processors=processors)
+        row_type = self.row_type
         if not processors:
             return [row_type._make(row) for row in rows]
         result = []
@@ -56,24 +90,25 @@ class DriverQuery:
             result.append(row_type._make(row))
         return result
 
-    def _compile(self, dialect: Dialect) -> None:
+    def _compile(self, dialect: Dialect) -> _Compiled:
         compiled = self.statement.compile(dialect=dialect)
         if compiled.escaped_bind_names:
             raise ValueError("DriverQuery needs bind names that psycopg takes as they are")
-        self._compiled = compiled
-        self._expanding = tuple(sorted(name for bind, name in compiled.bind_names.items() if bind.expanding))
-        self._row_processors = [
-            (index, processor) for index, column in enumerate(self.statement.selected_columns)
-            if (processor := column.type.result_processor(dialect, None)) is not None]
-        self._shapes = {}
-        self._dialect = dialect
+        for bind in compiled.bind_names:
+            if bind.callable is not None:
+                raise ValueError(f"DriverQuery takes no callable bind value ({bind.key})")
+            if bind.expanding and (bind.value is not None or isinstance(bind.type, TupleType)):
+                raise ValueError(f"DriverQuery takes IN lists as parameters, of single values ({bind.key})")
+        expanding = tuple(sorted(name for bind, name in compiled.bind_names.items() if bind.expanding))
+        return _Compiled(dialect, compiled, expanding, {}, None)
 
-    def _new_shape(self, sizes: tuple[int, ...], params: Mapping[str, Any]) -> "_Shape":
-        state = self._compiled.construct_expanded_state(dict(params))
-        shape = _Shape(state.statement, state.parameters, state.processors, state.parameter_expansion,
-                       given=set(params))
-        self._shapes[sizes] = shape
-        return shape
+    def _result_processors(self, dialect: Dialect, description) -> list[tuple[int, Callable]]:
+        # As SQLAlchemy's own result does: the column type's implementation for this dialect,
+        # told the type the driver reported.
+        return [(index, processor) for index, (column, described) in
+                enumerate(zip(self.statement.selected_columns, description, strict=True))
+                if (processor := column.type.dialect_impl(dialect).result_processor(dialect, described.type_code))
+                is not None]
 
 
 class _Shape:
@@ -84,17 +119,16 @@ class _Shape:
     def __init__(self, sql: str, parameters: Mapping, processors: Mapping[str, Callable],
                  expansion: Mapping[str, list[str]], given: set[str]) -> None:
         self.sql = sql
-        self.expansion = [(name, names) for name, names in expansion.items()]
+        self.expansion = list(expansion.items())
         expanded = {name for names in expansion.values() for name in names}
         self.singles = [name for name in parameters if name in given and name not in expansion]
         # Values the statement carries itself (literals of the query, like a status).
-        self.defaults = {name: value for name, value in parameters.items()
-                         if name not in given and name not in expanded}
-        self.processors = list(processors.items())
-        for name, process in self.processors:
-            if name in self.defaults:
-                self.defaults[name] = process(self.defaults[name])
-        self.processors = [(name, process) for name, process in self.processors if name not in self.defaults]
+        defaults = {name: value for name, value in parameters.items() if name not in given and name not in expanded}
+        for name, process in processors.items():
+            if name in defaults:
+                defaults[name] = process(defaults[name])
+        self.defaults = defaults
+        self.processors = [(name, process) for name, process in processors.items() if name not in defaults]
 
     def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
         values = dict(self.defaults)
@@ -111,18 +145,25 @@ def run_on_driver(connection: Connection, sql: str, parameters: Sequence | Mappi
                   fetch: bool = False) -> list[tuple]:
     """Run PostgreSQL `sql` (psycopg's %s / %(name)s placeholders) on the connection's cursor.
 
-    Returns the rows as plain tuples when `fetch`. The Connection's transaction has begun
-    (psycopg opens it with the first statement), so the statement is part of it.
+    Returns the rows as plain tuples when `fetch`. The statement runs in the Connection's
+    transaction, begun here if it was not yet (as SQLAlchemy begins one on a first statement).
     """
-    dbapi_connection = connection.connection.driver_connection
-    cursor = dbapi_connection.cursor()
+    return _run(connection, sql, parameters, fetch=fetch)[0]
+
+
+def _run(connection: Connection, sql: str, parameters, *, fetch: bool) -> tuple[list[tuple], Any]:
+    if not connection.in_transaction():
+        connection.begin()
+    cursor = connection.connection.driver_connection.cursor()
     try:
         listeners = connection.dispatch.before_cursor_execute
         if listeners:
             listeners(connection, cursor, sql, parameters, None, False)
         cursor.execute(sql, parameters)
-        return cursor.fetchall() if fetch else []
-    except psycopg.Error as err:
+        return (cursor.fetchall() if fetch else []), cursor.description
+    except BaseException as err:
+        # Wraps a driver error as SQLAlchemy's own (with its SQLSTATE), invalidates a lost
+        # connection, and re-raises anything else as it is.
         connection._handle_dbapi_exception(err, sql, parameters, cursor, None)
     finally:
         cursor.close()

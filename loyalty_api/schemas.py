@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from .pagination import CURSOR_PATTERN
 from .timeutil import isoformat
@@ -52,6 +52,14 @@ def ClientId(**kwargs):
 
 class _UTCTimestamp(fields.AwareDateTime):
     """Loads RFC 3339 with a required offset; dumps UTC with a `Z`, like every timestamp we return."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        # RFC 3339 offsets are hours and minutes; Python also reads seconds (+05:00:30),
+        # which JSON writers round away (orjson writes +05:01): refuse them, keep instants exact.
+        if moment.utcoffset().total_seconds() % 60:
+            raise ValidationError("the offset must be whole minutes (RFC 3339: +hh:mm)")
+        return moment
 
     def _serialize(self, value, attr, obj, **kwargs):
         if isinstance(value, str):  # already formatted (stored responses)

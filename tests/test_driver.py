@@ -88,10 +88,42 @@ def test_each_in_list_size_fills_the_statement_as_sqlalchemy_would(members):
         params = {"ids": ids, "at": NOW + timedelta(days=1)}
         assert sorted(row.id for row in query.rows(connection, params)) == sorted(ids)
         state = compiled.construct_expanded_state(dict(params))
-        shape = query._shapes[(len(ids),)]
+        shape = query._state.shapes[((len(ids),), frozenset(params))]
         assert shape.sql == state.statement
         assert shape.parameters(params) == {name: state.processors[name](value) if name in state.processors
                                             else value for name, value in state.parameters.items()}
+
+
+@pytest.mark.postgres
+def test_a_default_given_later_counts_and_long_lists_are_not_kept(members):
+    connection = db.session.connection()
+    query = DriverQuery(select(Member.__table__.c.id).where(
+        Member.__table__.c.id.in_(bindparam("ids", expanding=True)),
+        Member.__table__.c.status == bindparam("status", "active")))
+    assert len(query.rows(connection, {"ids": members})) == 3
+    assert query.rows(connection, {"ids": members, "status": "suspended"}) == []
+    assert len(query.rows(connection, {"ids": members})) == 3
+    many = members + [f"nobody-{n}" for n in range(100)]
+    assert len(query.rows(connection, {"ids": many})) == 3
+    assert all(sum(sizes) <= 64 for sizes, _ in query._state.shapes)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("condition", [
+    Member.__table__.c.status.in_(["active", "suspended"]),  # a literal IN list
+    Member.__table__.c.status == bindparam("status", callable_=lambda: "active"),
+])
+def test_forms_the_cache_cannot_fill_are_refused(session, condition):
+    with pytest.raises(ValueError):
+        DriverQuery(select(Member.__table__.c.id).where(condition)).rows(session.connection())
+
+
+@pytest.mark.postgres
+def test_a_statement_on_a_fresh_connection_begins_its_transaction(app):
+    with app.app_context(), db.engine.connect() as connection:
+        run_on_driver(connection, "SELECT 1", fetch=True)
+        assert connection.in_transaction()
+        connection.rollback()
 
 
 def test_statements_reach_cursor_listeners(members):
