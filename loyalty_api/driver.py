@@ -73,8 +73,9 @@ class DriverQuery:
                 if len(state.shapes) >= _SHAPES_KEPT:
                     state.shapes.pop(next(iter(state.shapes), None), None)
                 state.shapes[key] = shape
-        rows, description = _run(connection, shape.sql, shape.parameters(params), fetch=True)
         processors = state.processors
+        rows, description = _run(connection, shape.sql, shape.parameters(params), fetch=True,
+                                 describe=processors is None)
         if processors is None:
             processors = self._result_processors(connection.dialect, description)
             if self._state is state:
@@ -151,7 +152,10 @@ def run_on_driver(connection: Connection, sql: str, parameters: Sequence | Mappi
     return _run(connection, sql, parameters, fetch=fetch)[0]
 
 
-def _run(connection: Connection, sql: str, parameters, *, fetch: bool) -> tuple[list[tuple], Any]:
+def _run(connection: Connection, sql: str, parameters, *, fetch: bool,
+         describe: bool = False) -> tuple[list[tuple], Any]:
+    """Run the statement; return its rows and, with `describe`, the cursor's description
+    (psycopg builds it anew on each access: only the first run of a query asks)."""
     if not connection.in_transaction():
         connection.begin()
     cursor = connection.connection.driver_connection.cursor()
@@ -160,7 +164,7 @@ def _run(connection: Connection, sql: str, parameters, *, fetch: bool) -> tuple[
         if listeners:
             listeners(connection, cursor, sql, parameters, None, False)
         cursor.execute(sql, parameters)
-        return (cursor.fetchall() if fetch else []), cursor.description
+        return (cursor.fetchall() if fetch else []), (cursor.description if describe else None)
     except BaseException as err:
         # Wraps a driver error as SQLAlchemy's own (with its SQLSTATE), invalidates a lost
         # connection, and re-raises anything else as it is.
