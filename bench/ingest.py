@@ -265,6 +265,12 @@ def child_pids(pid: int) -> list[int]:
     return [int(p) for p in found]
 
 
+def commits(url: str) -> int:
+    """Transactions committed in the database so far (PostgreSQL's statistics, ~1 s behind)."""
+    with connect(url) as conn:
+        return conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+
 def backend_pids(url: str) -> list[int]:
     with connect(url) as conn:
         return [row[0] for row in conn.execute(
@@ -305,7 +311,7 @@ class CpuMeter:
         children = os.times()
         return {"server": cpu_seconds(server), "backends": {pid: cpu_seconds([pid]) for pid in backends},
                 "workers": {pid: cpu_seconds([pid]) for pid in server[1:]},
-                "load": children.children_user + children.children_system,
+                "load": children.children_user + children.children_system, "commits": commits(self.url),
                 "machine": machine_busy_seconds(), "at": time.monotonic()}
 
     def __enter__(self) -> CpuMeter:
@@ -329,6 +335,8 @@ class CpuMeter:
         busiest = max(workers) / sum(workers) if sum(workers) > 0 else 1.0
         return {"server_ms": server * per, "postgres_ms": postgres * per, "load_ms": load * per,
                 "busiest_worker_share": busiest,
+                # Group commit: purchases per transaction (a few commits are the meter's own).
+                "purchases_per_commit": requests / max(a["commits"] - b["commits"], 1),
                 "server_cores": server / elapsed, "postgres_cores": postgres / elapsed,
                 "load_cores": load / elapsed, "other_cores": max(other, 0.0) / elapsed}
 
@@ -689,6 +697,7 @@ def main() -> None:
                 measured = run_wrk(wrk, script, port, connections=connections, duration=duration, prefix="m")
             cpu = meter.report(measured["requests"])
             log("CPU per purchase: server {server_ms:.1f} ms, postgres {postgres_ms:.1f} ms, wrk {load_ms:.1f} ms; "
+                "{purchases_per_commit:.2f} purchases a commit; "
                 "cores busy: server {server_cores:.2f}, postgres {postgres_cores:.2f}, wrk {load_cores:.2f}, "
                 "other processes {other_cores:.2f}".format(**cpu))
             if cpu["busiest_worker_share"] > 0.65 and workers > 1:
@@ -738,6 +747,7 @@ def main() -> None:
         figure("balance_drift_members", shape["balance_drift"], "members", "0", shape["balance_drift"] == 0),
         figure("server_cpu_ms_per_purchase", cpu["server_ms"], "ms"),
         figure("postgres_cpu_ms_per_purchase", cpu["postgres_ms"], "ms"),
+        figure("purchases_per_commit", cpu["purchases_per_commit"], "purchases"),
         figure("busiest_worker_share", cpu["busiest_worker_share"], "x", "~ 1/workers (connections spread)",
                cpu["busiest_worker_share"] <= 0.65 or workers == 1),
         figure("other_processes_cpu_cores", cpu["other_cores"], "cores", "< 0.2 (a quiet machine)",
