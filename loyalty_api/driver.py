@@ -71,7 +71,7 @@ class DriverQuery:
                            expanded.parameter_expansion, given=set(params))
             if sum(sizes) <= _LARGEST_KEPT:
                 if len(state.shapes) >= _SHAPES_KEPT:
-                    state.shapes.pop(next(iter(state.shapes), None), None)
+                    state.shapes.clear()  # the sizes in use come back at once
                 state.shapes[key] = shape
         processors = state.processors
         rows, description = _run(connection, shape.sql, shape.parameters(params), fetch=True,

@@ -261,7 +261,7 @@ class MemberState:
 _referrals = Referral.__table__
 # Built once: the purchase path runs these on every request, and building a statement
 # costs several times more than executing it.
-_READ_MEMBERS = (
+_MEMBERS_WITH_BALANCES = (
     select(_balances.c.member_id, _balances.c.available, _balances.c.pending, _balances.c.lifetime_earned,
            _members.c.external_id, _members.c.status, _members.c.enrolled_at, _members.c.metadata,
            _members.c.last_activity_at, _tiers.c.code, _tiers.c.multiplier,
@@ -273,8 +273,8 @@ _READ_MEMBERS = (
                _members.c.external_id.in_(bindparam("external_ids", expanding=True))))
     .order_by(_balances.c.member_id)
 )
-_LOCK_MEMBERS = DriverQuery(_READ_MEMBERS.with_for_update(of=_balances))
-_READ_MEMBERS = DriverQuery(_READ_MEMBERS)
+_READ_MEMBERS = DriverQuery(_MEMBERS_WITH_BALANCES)
+_LOCK_MEMBERS = DriverQuery(_MEMBERS_WITH_BALANCES.with_for_update(of=_balances))
 
 
 def read_members(session: Session, *, member_ids: Iterable[str] = (), external_ids: Iterable[str] = (),
