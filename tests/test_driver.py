@@ -10,7 +10,7 @@ from loyalty_api.driver import DriverQuery, run_on_driver
 from loyalty_api.extensions import db
 from loyalty_api.ledger.services import _EXPIRY_GROUPS
 from loyalty_api.members.models import Member
-from loyalty_api.members.services import _LOCK_MEMBERS, _READ_MEMBERS
+from loyalty_api.members.services import _LOCK_MEMBERS, _READ_MEMBER_VIEW, _READ_MEMBERS
 from loyalty_api.program.services import _READ_PROGRAM
 from loyalty_api.purchases.services import _STORED_PURCHASES
 from loyalty_api.tiers.services import _FIGURE_STATEMENTS
@@ -65,6 +65,8 @@ def test_other_purchase_path_reads_match_sqlalchemy(members):
         got, expected = both_ways(query, {"member_ids": members, "start": NOW - timedelta(days=30),
                                           "now": NOW + timedelta(hours=1)})
         assert got == expected and len(got) == 2, metric
+    got, expected = both_ways(_READ_MEMBER_VIEW, {"member_id": members[0]})
+    assert got == expected and len(got) == 2  # one row per expiry group
     got, expected = both_ways(_STORED_PURCHASES, {"transaction_ids": ["drv-0-0", "drv-1-1", "nope"]})
     assert sorted(got) == sorted(expected) and len(got) == 2
     assert isinstance(got[0][2], dict)  # the stored response, as JSON

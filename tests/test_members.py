@@ -342,15 +342,18 @@ def test_a_balance_read_of_its_own_runs_without_a_transaction_on_postgres(app):
 
         event.listen(engine, "before_cursor_execute", record)
         try:
-            view = run_read(lambda session: member_services.get_member(session, member_id))
+            view = run_read(lambda session: member_services.get_member(session, member_id), one_statement=True)
             assert view["balance"] == {"available": 7, "pending": 2, "lifetime_earned": 9, "expiring": []}
             with pytest.raises(NotFound):
-                run_read(lambda session: member_services.get_member(session, "nobody"))
+                run_read(lambda session: member_services.get_member(session, "nobody"), one_statement=True)
             assert [autocommit for _, autocommit in modes] == ([True, True] if postgres else [None, None])
             if postgres:
                 assert all(connection.autocommit is False for connection, _ in modes)  # set back by the pool
             modes.clear()
             assert run_write(lambda session: member_services.get_member(session, member_id))["id"] == member_id
+            assert [autocommit for _, autocommit in modes] == [False if postgres else None]
+            modes.clear()
+            run_read(lambda session: member_services.get_member(session, member_id))  # not said to be one statement
             assert [autocommit for _, autocommit in modes] == [False if postgres else None]
         finally:
             event.remove(engine, "before_cursor_execute", record)

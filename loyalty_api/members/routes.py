@@ -39,7 +39,7 @@ def list_members(query):
 @require("members:read")
 @blp.response(200, MemberSchema)
 def get_member(member_id):
-    view = run_read(lambda session: services.get_member(session, member_id))
+    view = run_read(lambda session: services.get_member(session, member_id), one_statement=True)
     # The most frequent request: dumped by hand, as MemberSchema would (a Response passes the
     # decorator untouched; the schema still documents it).
     return jsonify(dump_member(view))

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Connection, Engine, bindparam, insert, or_, select
+from sqlalchemy import bindparam, insert, or_, select
 from sqlalchemy.orm import Session
 
 from ..driver import DriverQuery
@@ -26,7 +26,6 @@ from ..program.services import ProgramSettings, get_program
 from ..referrals.models import Referral
 from ..tiers.models import Tier
 from ..timeutil import isoformat
-from ..transactions import writing
 from .models import Member, MemberBalance
 
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread
@@ -136,34 +135,14 @@ _MEMBER_VIEW = (
     .outerjoin(_next_expiries, _program.c.expiry_mode == "fixed")
     .where(_members.c.id == _member_id)
 )
-
-
-def _connection_for_one_statement(session: Session) -> Connection:
-    """Return the session's connection for a read of one statement: in autocommit mode when it
-    runs on PostgreSQL as a read unit of its own (see get_member).
-
-    One statement sees one snapshot by itself and needs no transaction. Without one, the read
-    saves the BEGIN and ROLLBACK round trips, and psycopg keeps the statement prepared (a
-    ROLLBACK makes it forget every prepared statement), so PostgreSQL stops parsing and
-    planning it on every read: three quarters of PostgreSQL's CPU per balance read. Inside a
-    write (run_write), or on a session joined to a caller's connection (the tests' savepoints),
-    the read stays in the transaction: it sees the unit's own writes, and the unit's later
-    statements stay in it. The pool sets the connection back to transactions when it is returned.
-    """
-    bind = session.get_bind()
-    if isinstance(bind, Engine) and bind.dialect.name == "postgresql" and not writing():
-        return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    return session.connection()
+_READ_MEMBER_VIEW = DriverQuery(_MEMBER_VIEW)
 
 
 def get_member(session: Session, member_id: str) -> dict:
-    """Return a member as the API shows it, read with one statement; raise NotFound for an unknown one.
-
-    Outside a write, call it as the whole of a read unit (`run_read`), first on its session:
-    it then runs without a transaction (see _connection_for_one_statement).
-    """
+    """Return a member as the API shows it, read with one statement (a `run_read` of
+    `one_statement`); raise NotFound for an unknown one."""
     session.flush()  # the read below goes to the connection, past the session's autoflush
-    rows = _connection_for_one_statement(session).execute(_MEMBER_VIEW, {"member_id": member_id}).all()
+    rows = _READ_MEMBER_VIEW.rows(session.connection(), {"member_id": member_id})
     if not rows:
         raise NotFound("No such member")
     row = rows[0]
