@@ -13,7 +13,7 @@ from sqlalchemy.exc import DisconnectionError
 
 from .config import INSTANCE_DIR, load_config
 from .errors import NotFound, register_error_handlers
-from .extensions import api, db, migrate, unstorable
+from .extensions import api, db, unstorable
 from .transactions import configure_engine
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
@@ -55,7 +55,10 @@ def create_app(config: dict | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO)
 
     db.init_app(app)
-    migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True, compare_type=True)
+    if app.config["LOYALTY_MIGRATIONS"]:
+        from flask_migrate import Migrate
+
+        Migrate(app, db, directory=MIGRATIONS_DIR, render_as_batch=True, compare_type=True)
     with app.app_context():
         configure_engine(db.engine)
         if uri.startswith("postgresql") and not app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_pre_ping"):

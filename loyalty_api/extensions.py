@@ -7,7 +7,6 @@ from typing import Any
 
 import flask_smorest
 import flask_sqlalchemy.session
-from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 from marshmallow import ValidationError
@@ -154,5 +153,4 @@ def _refuse_unstorable_text(value, path: str) -> None:
 flask_smorest.Blueprint.ARGUMENTS_PARSER = StrictParser(unknown=None)
 
 db = SQLAlchemy(model_class=Base, session_options={"class_": Session})
-migrate = Migrate()
 api = ProblemApi()

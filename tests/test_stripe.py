@@ -147,6 +147,14 @@ def stored(session, event_id):
 
 # --- verification ----------------------------------------------------------------------------
 
+def test_the_signature_tolerance_is_stripes_default():
+    import stripe
+
+    from loyalty_api.integrations.stripe.services import DEFAULT_TOLERANCE
+
+    assert DEFAULT_TOLERANCE == stripe.Webhook.DEFAULT_TOLERANCE
+
+
 def test_valid_payment_becomes_a_purchase_with_points(api, session, member):
     r = deliver(api, event("payment_intent.succeeded", payment_intent()))
     assert r.status_code == 200, r.json
