@@ -8,10 +8,10 @@ import click
 from .timeutil import utcnow
 
 
-def _app(process: str = "cli"):
+def _app(process: str = "cli", **settings):
     from . import create_app
 
-    return create_app({"LOYALTY_PROCESS": process})
+    return create_app({"LOYALTY_PROCESS": process, **settings})
 
 
 @click.group()
@@ -23,14 +23,45 @@ def main():
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--workers", default=lambda: int(os.environ.get("LOYALTY_WORKERS", os.cpu_count() or 1) or 1),
-              type=int, help="gunicorn worker processes (default: one per core)")
+              type=int, help="worker processes (default: one per core)")
 @click.option("--threads", default=lambda: int(os.environ.get("LOYALTY_THREADS", 4)), type=int,
               help="threads per worker")
-def serve(host, port, workers, threads):
-    """Serve the API with gunicorn (a production WSGI server)."""
+@click.option("--server", type=click.Choice(["granian", "gunicorn"]),
+              default=lambda: os.environ.get("LOYALTY_SERVER", "granian"), show_default="granian",
+              help="the HTTP server")
+def serve(host, port, workers, threads, server):
+    """Serve the API (granian, or gunicorn) in worker processes of `--threads` threads each."""
+    click.echo(f"Serving on http://{host}:{port} (docs at http://{host}:{port}/docs)", err=True)
+    if server == "granian":
+        _serve_granian(host, port, workers, threads)
+    else:
+        _serve_gunicorn(host, port, workers, threads)
+
+
+def web_app():
+    """The application as a web worker builds it (the servers' factory)."""
+    return _app("web", LOYALTY_MIGRATIONS=False)
+
+
+def _serve_granian(host: str, port: int, workers: int, threads: int) -> None:
+    # granian parses HTTP and manages connections in Rust: ~0.2 ms of CPU less per request than
+    # gunicorn's Python HTTP stack (bench/README.md). WSGI calls run on `threads` blocking
+    # threads per worker, as gunicorn's gthread does.
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    Server(
+        "loyalty_api.cli:web_app", factory=True, interface=Interfaces.WSGI, address=host, port=port,
+        workers=workers, blocking_threads=threads,
+        log_access=bool(os.environ.get("LOYALTY_ACCESS_LOG")),
+        respawn_failed_workers=True, workers_kill_timeout=10,
+    ).serve()
+
+
+def _serve_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
-    class Server(BaseApplication):
+    class Gunicorn(BaseApplication):
         def load_config(self):
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
@@ -40,10 +71,9 @@ def serve(host, port, workers, threads):
             self.cfg.set("graceful_timeout", 10)
 
         def load(self):
-            return _app("web")
+            return web_app()
 
-    click.echo(f"Serving on http://{host}:{port} (docs at http://{host}:{port}/docs)", err=True)
-    Server().run()
+    Gunicorn().run()
 
 
 AUTOGROUP = "/proc/self/autogroup"

@@ -1,5 +1,5 @@
-"""`loyalty serve`: the HTTP server starts, answers the API over a socket, and stops cleanly on
-SIGTERM. (The other tests call the application in process.)"""
+"""`loyalty serve`: each HTTP server it offers starts, answers the API over a socket, and stops
+cleanly on SIGTERM. (The other tests call the application in process.)"""
 
 import http.client
 import json
@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 LOYALTY = [str(Path(sys.executable).parent / "loyalty")]
 
@@ -32,14 +34,16 @@ def _request(port: int, method: str, path: str, body: bytes | None = None, key: 
     return answer
 
 
-def test_serve_answers_over_http_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("server_name", ["granian", "gunicorn"])
+def test_serve_answers_over_http_and_stops_on_sigterm(tmp_path, server_name):
     env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-           "LOYALTY_SECRET_KEY": "serve-test-" * 4}
+           "LOYALTY_SECRET_KEY": "serve-test-" * 4, "LOYALTY_MAX_BODY_BYTES": "4096"}
     subprocess.run(LOYALTY + ["db", "upgrade"], env=env, check=True, capture_output=True, timeout=120)
     key = subprocess.run(LOYALTY + ["keys", "create", "--role", "admin"], env=env, check=True,
                          capture_output=True, text=True, timeout=60).stdout.split()[-1]
     port = _free_port()
-    server = subprocess.Popen(LOYALTY + ["serve", "--port", str(port), "--workers", "1", "--threads", "2"],
+    server = subprocess.Popen(LOYALTY + ["serve", "--server", server_name, "--port", str(port), "--workers", "1",
+                                         "--threads", "2"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -60,6 +64,12 @@ def test_serve_answers_over_http_and_stops_on_sigterm(tmp_path):
         assert status == 201 and json.loads(body)["external_id"] == "serve-1"
         status, content_type, body = _request(port, "POST", "/v1/members", b"{not json", key)
         assert status == 422 and content_type == "application/problem+json", body
+        # The body limit holds behind the real server too, before the application parses anything.
+        oversized = json.dumps({"external_id": "serve-2", "metadata": {"note": "x" * 5000}}).encode()
+        status, content_type, body = _request(port, "POST", "/v1/members", oversized, key)
+        assert status == 413 and content_type == "application/problem+json", body
+        status, _, body = _request(port, "GET", "/v1/members?external_id=serve-2", key=key)
+        assert status == 200 and json.loads(body)["data"] == []
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
