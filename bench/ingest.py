@@ -653,7 +653,7 @@ def main() -> None:
     connections = env_int("BENCH_CONNECTIONS", 8)
     workers = env_int("BENCH_WORKERS", 2)
     threads = env_int("BENCH_THREADS", 4)
-    rate = env_int("BENCH_RATE", 0)
+    rate = env_int("BENCH_RATE", 500)
     wrk = ensure_wrk()
     if not shutil.which("pgbench"):
         raise SystemExit("pgbench is missing (Debian: postgresql-client)")
@@ -737,10 +737,12 @@ def main() -> None:
     ratio = measured["per_s"] / pg["tps"] if pg["tps"] else 0.0
     figures = [
         figure("ingest_purchases_per_s", measured["per_s"], "purchases/s", ">= 400", measured["per_s"] >= 400),
+        # The same rate against the speed issue's target for a node.
+        figure("sustained_purchases_per_s", measured["per_s"], "purchases/s", ">= 1000", measured["per_s"] >= 1000),
         figure("ingest_p50_ms", measured["p50_us"] / 1000, "ms"),
         figure("ingest_p99_ms", measured["p99_us"] / 1000, "ms", "< 50", measured["p99_us"] / 1000 < 50),
         figure("pgbench_tps", pg["tps"], "transactions/s"),
-        figure("ingest_to_pgbench_ratio", ratio, "x"),
+        figure("ingest_to_pgbench_ratio", ratio, "x", ">= 0.35", ratio >= 0.35),
         figure("non_2xx", non_2xx, "responses", "0", non_2xx == 0),
         figure("active_rules_per_purchase", active_rules, "rules", ">= 20", active_rules >= 20),
         figure("ledger_entries_per_purchase", shape["ledger_entries_per_purchase"], "entries"),
@@ -756,7 +758,7 @@ def main() -> None:
     if fixed is not None:
         figures += [
             figure("fixed_rate_p50_ms", fixed["p50_ms"], "ms"),
-            figure("fixed_rate_p99_ms", fixed["p99_ms"], "ms", "< 50", fixed["p99_ms"] < 50),
+            figure("fixed_rate_p99_ms", fixed["p99_ms"], "ms", "< 25 at 500/s", fixed["p99_ms"] < 25 and rate >= 500),
             figure("fixed_rate_non_2xx", fixed["non_2xx"], "responses", "0", fixed["non_2xx"] == 0),
         ]
     result = {
