@@ -1,5 +1,6 @@
 """The `loyalty` command."""
 
+import ctypes
 import os
 import sys
 
@@ -40,7 +41,27 @@ def serve(host, port, workers, threads, server):
 
 def web_app():
     """The application as a web worker builds it (the servers' factory)."""
+    _return_freed_memory()
     return _app("web", LOYALTY_MIGRATIONS=False)
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _return_freed_memory() -> None:
+    """Have glibc give freed memory back to the system instead of keeping it.
+
+    A batch of 1,000 purchases allocates tens of megabytes for a moment. glibc then raises its
+    mmap threshold to the largest block freed so far (up to 32 MB), after which blocks that size
+    come from the heap, and keeps up to twice that free at the heap's top: a worker stayed ~9 MB
+    larger after a dozen batches. Fixed thresholds turn that adjustment off. Elsewhere than glibc
+    there is no mallopt and nothing to do.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+        mallopt(_M_TRIM_THRESHOLD, 256 * 1024)
 
 
 def _serve_granian(host: str, port: int, workers: int, threads: int) -> None:
