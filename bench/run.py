@@ -28,13 +28,20 @@ def machine() -> dict:
     return info
 
 
+def last_document(stdout: str) -> dict:
+    """The JSON document a benchmark printed last: on one line, or indented over several."""
+    lines = stdout.rstrip().splitlines()
+    starts = [n for n, line in enumerate(lines) if line.startswith("{")]
+    return json.loads("\n".join(lines[starts[-1]:]))
+
+
 def run(name: str) -> tuple[list[dict], dict]:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", f"bench.{name}"], capture_output=True, text=True)
     seconds = round(time.monotonic() - started, 1)
     sys.stderr.write(done.stderr[-2000:])
     try:
-        document = json.loads(done.stdout.strip().splitlines()[-1])
+        document = last_document(done.stdout)
     except (IndexError, json.JSONDecodeError):
         return [{"name": f"{name}_ran", "value": done.returncode, "unit": "exit code", "target": "0",
                  "met": False, "benchmark": name}], {"seconds": seconds}
