@@ -4,7 +4,8 @@ Starts `loyalty serve` against a fresh database (LOYALTY_BENCH_PATHS_DATABASE_UR
 `loyalty_bench_paths`), sets the program up as bench.ingest does (20 active rules, a tier),
 then measures:
 - batch_purchases_per_s: POST /v1/purchases/batch with 1,000 purchases per call from
-  BENCH_BATCH_CLIENTS (2) clients, BENCH_BATCHES (100) calls in all: 100,000 purchases;
+  BENCH_BATCH_CLIENTS (2) clients, BENCH_BATCHES (100) calls in all: 100,000 purchases; with
+  the server's and PostgreSQL's CPU per purchase and the busiest worker's share;
 - worker_rss_mb_max: the largest resident size of a web worker after those purchases;
 - balance_reads_per_s, balance_read_p99_ms: wrk GET /v1/members/{id} on random members, with
   the CPU per read of the server, its PostgreSQL backends and wrk, and the cores other
@@ -132,8 +133,12 @@ def main() -> None:
         wait_ready(port, server)
         member_ids, active_rules = set_up_program(port, key, url, 2000)
         log(f"{batches} batches of 1,000 from {clients} clients")
-        batch_rate, refused = run_batches(port, key, member_ids, clients=clients, batches=batches)
-        log(f"batches: {batch_rate:.0f} purchases/s, {refused} refused")
+        with CpuMeter(server, url) as batch_meter:
+            batch_rate, refused = run_batches(port, key, member_ids, clients=clients, batches=batches)
+        batch_cpu = batch_meter.report(batches * 1000)
+        log(f"batches: {batch_rate:.0f} purchases/s, {refused} refused; CPU per purchase: server "
+            f"{batch_cpu['server_ms']:.2f} ms, postgres {batch_cpu['postgres_ms']:.2f} ms; busiest worker "
+            f"{batch_cpu['busiest_worker_share']:.2f} of the server's CPU")
         workers_rss = [rss_mb(pid) for pid in child_pids(server.pid)]
         with CpuMeter(server, url) as meter:
             reads = run_reads(wrk, port, key, member_ids, 10)
@@ -147,6 +152,12 @@ def main() -> None:
                       "figures": [
                           figure("batch_purchases_per_s", batch_rate, "purchases/s", ">= 10000", batch_rate >= 10000),
                           figure("batch_refused_entries", refused, "entries", "0", refused == 0),
+                          figure("batch_server_cpu_ms", batch_cpu["server_ms"], "ms per purchase"),
+                          figure("batch_postgres_cpu_ms", batch_cpu["postgres_ms"], "ms per purchase"),
+                          # With 2 clients on 2 workers, both connections may land on one worker,
+                          # whose one core (the GIL) then caps the rate: see bench/README.md.
+                          figure("batch_busiest_worker_share", batch_cpu["busiest_worker_share"], "x",
+                                 "~ 1/workers (connections spread)", batch_cpu["busiest_worker_share"] <= 0.65),
                           figure("worker_rss_mb_max_after_batches", max(workers_rss), "MB", "< 150",
                                  max(workers_rss) < 150),
                           figure("balance_reads_per_s", reads["per_s"], "requests/s", ">= 3000",
