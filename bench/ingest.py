@@ -10,7 +10,7 @@ goes to stderr. Everything it starts is stopped before it exits; all traffic sta
 
 Knobs (environment): LOYALTY_BENCH_DATABASE_URL, BENCH_MEMBERS (3000), BENCH_DURATION (20 s),
 BENCH_WARMUP (5 s), BENCH_CONNECTIONS (8), BENCH_WORKERS (2), BENCH_THREADS (4),
-BENCH_RATE (0: off; else a second, fixed-rate run at that many purchases/s).
+BENCH_RATE (500: a second, fixed-rate run at that many purchases/s; 0: off).
 """
 
 from __future__ import annotations

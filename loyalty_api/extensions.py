@@ -99,8 +99,13 @@ class StrictParser(FlaskParser):
     def _raw_load_json(self, req):
         if not is_json_request(req):
             return missing
+        body = req.get_data(cache=True)
+        if req.content_length is None and req.max_content_length is not None and len(body) >= req.max_content_length:
+            # A body without Content-Length (chunked) is cut at the limit and the cut would read
+            # as invalid JSON; reading on past the limit makes werkzeug refuse it with 413.
+            req.stream.read(1)
         try:
-            return json.loads(req.get_data(cache=True), parse_constant=_refuse_constant)
+            return json.loads(body, parse_constant=_refuse_constant)
         except json.JSONDecodeError:
             raise
         except (ValueError, RecursionError) as err:

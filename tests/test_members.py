@@ -5,6 +5,8 @@ from flask import jsonify
 from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.orm import Session
 
+from loyalty_api.auth.models import ApiKey
+from loyalty_api.auth.services import create_api_key
 from loyalty_api.errors import NotFound
 from loyalty_api.extensions import db
 from loyalty_api.ledger.models import LedgerEntry
@@ -332,6 +334,7 @@ def test_a_balance_read_of_its_own_runs_without_a_transaction_on_postgres(app):
                              referral_code="READNOTX", metadata_={}, enrolled_at=NOW))
             setup.flush()
             setup.add(MemberBalance(member_id=member_id, available=7, pending=2, lifetime_earned=9))
+            key = create_api_key(setup, "app", NOW, name="read-no-transaction")
             setup.commit()
         modes = []
 
@@ -355,11 +358,17 @@ def test_a_balance_read_of_its_own_runs_without_a_transaction_on_postgres(app):
             modes.clear()
             run_read(lambda session: member_services.get_member(session, member_id))  # not said to be one statement
             assert [autocommit for _, autocommit in modes] == [False if postgres else None]
+            modes.clear()
+            answer = app.test_client().get(f"/v1/members/{member_id}", headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200 and answer.json["balance"]["available"] == 7
+            # The route's read (after the key's own read, a transaction of its own) is the one-statement kind.
+            assert [autocommit for _, autocommit in modes][-1] is (True if postgres else None)
         finally:
             event.remove(engine, "before_cursor_execute", record)
             with engine.begin() as conn:
                 conn.execute(delete(MemberBalance).where(MemberBalance.member_id == member_id))
                 conn.execute(delete(Member).where(Member.id == member_id))
+                conn.execute(delete(ApiKey).where(ApiKey.name == "read-no-transaction"))
             db.session.remove()
 
 

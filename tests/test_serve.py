@@ -22,12 +22,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _request(port: int, method: str, path: str, body: bytes | None = None, key: str | None = None):
+def _request(port: int, method: str, path: str, body: bytes | None = None, key: str | None = None, *,
+             chunked: bool = False):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Content-Type": "application/json"} if body is not None else {}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    conn.request(method, path, body=body, headers=headers)
+    if chunked:  # no Content-Length: the body comes in 1 KiB chunks
+        body = iter([body[i:i + 1024] for i in range(0, len(body), 1024)])
+    conn.request(method, path, body=body, headers=headers, encode_chunked=chunked)
     response = conn.getresponse()
     answer = (response.status, response.getheader("Content-Type"), response.read())
     conn.close()
@@ -37,7 +40,8 @@ def _request(port: int, method: str, path: str, body: bytes | None = None, key: 
 @pytest.mark.parametrize("server_name", ["granian", "gunicorn"])
 def test_serve_answers_over_http_and_stops_on_sigterm(tmp_path, server_name):
     env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-           "LOYALTY_SECRET_KEY": "serve-test-" * 4, "LOYALTY_MAX_BODY_BYTES": "4096"}
+           "LOYALTY_SECRET_KEY": "serve-test-" * 4, "LOYALTY_MAX_BODY_BYTES": "4096",
+           "LOYALTY_ACCESS_LOG": str(tmp_path / "access.log")}
     subprocess.run(LOYALTY + ["db", "upgrade"], env=env, check=True, capture_output=True, timeout=120)
     key = subprocess.run(LOYALTY + ["keys", "create", "--role", "admin"], env=env, check=True,
                          capture_output=True, text=True, timeout=60).stdout.split()[-1]
@@ -66,15 +70,30 @@ def test_serve_answers_over_http_and_stops_on_sigterm(tmp_path, server_name):
         assert status == 422 and content_type == "application/problem+json", body
         # The body limit holds behind the real server too, before the application parses anything.
         oversized = json.dumps({"external_id": "serve-2", "metadata": {"note": "x" * 5000}}).encode()
-        status, content_type, body = _request(port, "POST", "/v1/members", oversized, key)
-        assert status == 413 and content_type == "application/problem+json", body
+        for chunked in (False, True):
+            status, content_type, body = _request(port, "POST", "/v1/members", oversized, key, chunked=chunked)
+            assert status == 413 and content_type == "application/problem+json", (chunked, body)
+        fitting = json.dumps({"external_id": "serve-3", "metadata": {"note": "x" * 3000}}).encode()
+        status, _, body = _request(port, "POST", "/v1/members", fitting, key, chunked=True)
+        assert status == 201, body
         status, _, body = _request(port, "GET", "/v1/members?external_id=serve-2", key=key)
         assert status == 200 and json.loads(body)["data"] == []
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        # As a container runtime does: the signal goes to the server's own process only.
+        os.kill(server.pid, signal.SIGTERM)
         try:
             code = server.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             raise
     assert code == 0, server.stderr.read().decode()[-2000:]
+    deadline = time.monotonic() + 10
+    while True:  # and it stopped its workers
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "workers outlived the server"
+        time.sleep(0.1)
+    access_log = (tmp_path / "access.log").read_text()
+    assert "/v1/program" in access_log and "/v1/members" in access_log, access_log[-500:]
