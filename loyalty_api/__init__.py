@@ -13,7 +13,7 @@ from sqlalchemy.exc import DisconnectionError
 
 from .config import INSTANCE_DIR, load_config
 from .errors import NotFound, register_error_handlers
-from .extensions import api, db, unstorable
+from .extensions import LimitedBodyRequest, api, db, unstorable
 from .transactions import configure_engine
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
@@ -34,6 +34,7 @@ def _secret_key(config: dict) -> str:
 def create_app(config: dict | None = None) -> Flask:
     """Build the application; `config` overrides settings read from the environment."""
     app = Flask(__name__, instance_path=str(INSTANCE_DIR))
+    app.request_class = LimitedBodyRequest
     app.config.update(load_config(config))
     app.config["SECRET_KEY"] = _secret_key(app.config)
     app.session_interface = _NoCookieSession()

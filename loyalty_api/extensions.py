@@ -5,6 +5,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import flask
 import flask_smorest
 import flask_sqlalchemy.session
 from flask_smorest import Api
@@ -99,13 +100,8 @@ class StrictParser(FlaskParser):
     def _raw_load_json(self, req):
         if not is_json_request(req):
             return missing
-        body = req.get_data(cache=True)
-        if req.content_length is None and req.max_content_length is not None and len(body) >= req.max_content_length:
-            # A body without Content-Length (chunked) is cut at the limit and the cut would read
-            # as invalid JSON; reading on past the limit makes werkzeug refuse it with 413.
-            req.stream.read(1)
         try:
-            return json.loads(body, parse_constant=_refuse_constant)
+            return json.loads(req.get_data(cache=True), parse_constant=_refuse_constant)
         except json.JSONDecodeError:
             raise
         except (ValueError, RecursionError) as err:
@@ -124,6 +120,24 @@ class StrictParser(FlaskParser):
         for name, value in req.args.items(multi=True):
             _refuse_unstorable_text(value, name)
         return data
+
+
+class LimitedBodyRequest(flask.Request):
+    """A request whose body past MAX_CONTENT_LENGTH is refused with 413 however it was sent.
+
+    werkzeug refuses a too-long Content-Length up front, but a body without one (chunked) is
+    read up to the limit and silently cut there: the cut then reads as invalid JSON (422) or a
+    bad webhook signature (400). A body that filled the limit is read on by one byte, which
+    makes werkzeug raise RequestEntityTooLarge; a chunked body of exactly the limit is refused
+    with the longer ones, as it cannot be told from them.
+    """
+
+    def get_data(self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False):
+        data = super().get_data(cache=cache, parse_form_data=parse_form_data)
+        limit = self.max_content_length
+        if self.content_length is None and limit is not None and len(data) >= limit:
+            self.stream.read(1)
+        return data.decode(errors="replace") if as_text else data
 
 
 # NUL cannot be stored in PostgreSQL text or JSONB; a lone surrogate (\ud800 written in JSON)

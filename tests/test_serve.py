@@ -73,6 +73,9 @@ def test_serve_answers_over_http_and_stops_on_sigterm(tmp_path, server_name):
         for chunked in (False, True):
             status, content_type, body = _request(port, "POST", "/v1/members", oversized, key, chunked=chunked)
             assert status == 413 and content_type == "application/problem+json", (chunked, body)
+        # The webhook reads its raw body itself (no Stripe secret is set: the size is refused first).
+        status, _, body = _request(port, "POST", "/v1/integrations/stripe/webhook", oversized, chunked=True)
+        assert status == 413, body
         fitting = json.dumps({"external_id": "serve-3", "metadata": {"note": "x" * 3000}}).encode()
         status, _, body = _request(port, "POST", "/v1/members", fitting, key, chunked=True)
         assert status == 201, body
