@@ -91,7 +91,10 @@ logic_data = st.fixed_dictionaries({
     "b": st.sampled_from([0.5, 2.5, -1.5, 3.0]),
     "s": WORDS,
     "sn": NUMERIC_TEXT,
-    "l": st.lists(st.one_of(st.integers(-3, 12), WORDS), min_size=1, max_size=4),
+    # `l.0` is one of NUMBER_VARS, so the list starts with a number (or numeric text): a word
+    # there would put a non-numeric string inside max/min, left out above.
+    "l": st.tuples(st.one_of(st.integers(-3, 12), NUMERIC_TEXT),
+                   st.lists(st.one_of(st.integers(-3, 12), WORDS), max_size=3)).map(lambda t: [t[0], *t[1]]),
 })
 
 
