@@ -172,3 +172,30 @@ def test_a_lost_connection_is_invalidated(app):
             _READ_PROGRAM.rows(connection)
         assert caught.value.connection_invalidated
         assert connection.invalidated
+
+
+@pytest.mark.postgres
+def test_a_connection_keeps_one_cursor_and_a_new_connection_gets_its_own(app):
+    cursors = []
+
+    def listen(conn, cursor, statement, *_args):
+        cursors.append((conn.connection.driver_connection, cursor))
+
+    with app.app_context(), db.engine.connect() as connection:
+        event.listen(db.engine, "before_cursor_execute", listen)
+        try:
+            (pid,), = run_on_driver(connection, "SELECT pg_backend_pid()", fetch=True)
+            assert _READ_PROGRAM.rows(connection)
+            with db.engine.connect() as other:
+                run_on_driver(other, "SELECT pg_terminate_backend(%s)", (pid,), fetch=True)
+                other.rollback()
+            with pytest.raises(DBAPIError) as caught:
+                _READ_PROGRAM.rows(connection)
+            assert caught.value.connection_invalidated
+            connection.rollback()
+            assert _READ_PROGRAM.rows(connection)  # on a new driver connection
+        finally:
+            event.remove(db.engine, "before_cursor_execute", listen)
+    (first, cursor), (same, again), _, (lost, _), (fresh, new) = cursors
+    assert same is first and again is cursor  # kept with the connection, across statements
+    assert lost is first and fresh is not first and new is not cursor  # a new connection, a new cursor
