@@ -33,6 +33,7 @@ from bench.ingest import (
     ensure_wrk,
     free_port,
     loyalty_command,
+    profiled,
     recreate_database,
     run_cli,
     set_up_program,
@@ -140,7 +141,7 @@ def main() -> None:
             f"{batch_cpu['server_ms']:.2f} ms, postgres {batch_cpu['postgres_ms']:.2f} ms; busiest worker "
             f"{batch_cpu['busiest_worker_share']:.2f} of the server's CPU")
         workers_rss = [rss_mb(pid) for pid in child_pids(server.pid)]
-        with CpuMeter(server, url) as meter:
+        with CpuMeter(server, url) as meter, profiled(server, 10):
             reads = run_reads(wrk, port, key, member_ids, 10)
         read_cpu = meter.report(reads["requests"])
         log(f"reads: {reads['per_s']:.0f}/s, p99 {reads['p99_us'] / 1000:.1f} ms, "

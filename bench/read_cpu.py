@@ -28,7 +28,7 @@ from loyalty_api import create_app
 from loyalty_api.auth.services import create_api_key
 from loyalty_api.extensions import db
 from loyalty_api.timeutil import isoformat, utcnow
-from loyalty_api.transactions import run_write
+from loyalty_api.transactions import STATEMENT_ENGINE, run_write
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/loyalty_bench_read_cpu"
 MEMBERS = 300
@@ -116,9 +116,11 @@ def main() -> None:
             if not conn.connection.dbapi_connection.autocommit:
                 counters["transactions"] += 1
 
-        event.listen(db.engine, "before_cursor_execute", on_statement)
-        event.listen(db.engine, "rollback", on_transaction_end)
-        event.listen(db.engine, "commit", on_transaction_end)
+        # The balance read runs on the statement engine (transactions.run_statement).
+        for engine in (db.engine, app.extensions[STATEMENT_ENGINE]):
+            event.listen(engine, "before_cursor_execute", on_statement)
+            event.listen(engine, "rollback", on_transaction_end)
+            event.listen(engine, "commit", on_transaction_end)
     fixed = measure(client, headers, members, count, counters, url)
     assert client.patch("/v1/program", json={"expiry": {"mode": "inactivity", "months": 12}},
                         headers=headers).status_code == 200

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 
 from .config import INSTANCE_DIR, load_config
 from .errors import NotFound, register_error_handlers
-from .extensions import LimitedBodyRequest, api, db, unstorable
-from .transactions import configure_engine
+from .extensions import JSONProvider, LimitedBodyRequest, api, db, unstorable
+from .transactions import STATEMENT_ENGINE, configure_engine
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 
@@ -35,6 +35,7 @@ def create_app(config: dict | None = None) -> Flask:
     """Build the application; `config` overrides settings read from the environment."""
     app = Flask(__name__, instance_path=str(INSTANCE_DIR))
     app.request_class = LimitedBodyRequest
+    app.json = JSONProvider(app)
     app.config.update(load_config(config))
     app.config["SECRET_KEY"] = _secret_key(app.config)
     app.session_interface = _NoCookieSession()
@@ -62,8 +63,11 @@ def create_app(config: dict | None = None) -> Flask:
         Migrate(app, db, directory=MIGRATIONS_DIR, render_as_batch=True, compare_type=True)
     with app.app_context():
         configure_engine(db.engine)
-        if uri.startswith("postgresql") and not app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_pre_ping"):
-            _ping_idle_connections(db.engine, app.config["LOYALTY_POOL_PING_IDLE"])
+        if uri.startswith("postgresql"):
+            app.extensions[STATEMENT_ENGINE] = _statement_engine(uri, app.config["SQLALCHEMY_ENGINE_OPTIONS"])
+            if not app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_pre_ping"):
+                for engine in (db.engine, app.extensions[STATEMENT_ENGINE]):
+                    _ping_idle_connections(engine, app.config["LOYALTY_POOL_PING_IDLE"])
 
     api.init_app(app)
     # After flask-smorest, whose own HTTP error handler this replaces with problem+json.
@@ -93,6 +97,18 @@ def _refuse_unstorable_path_values(app: Flask) -> None:
         # No id can hold NUL or a lone surrogate; PostgreSQL would refuse the query itself.
         if values and any(isinstance(v, str) and unstorable(v) for v in values.values()):
             raise NotFound("No such resource")
+
+
+def _statement_engine(uri: str, options: dict) -> Engine:
+    """The engine of one-statement reads (`transactions.run_statement`) on PostgreSQL.
+
+    Its connections stay in autocommit mode (the main pool's would be switched there and back
+    on every read) and are read-only: a statement that tried to write would fail, never commit.
+    """
+    connect_args = dict(options.get("connect_args", {}))
+    given = connect_args.get("options") or make_url(uri).query.get("options")
+    connect_args["options"] = " ".join(filter(None, [given, "-c default_transaction_read_only=on"]))
+    return create_engine(uri, **{**options, "connect_args": connect_args, "isolation_level": "AUTOCOMMIT"})
 
 
 def _ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
@@ -137,11 +153,18 @@ def _register_blueprints() -> None:
         api.register_blueprint(blueprint)
 
 
+# Every response carries these unless its route set them otherwise.
+_SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                     ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"))
+
+
 def _add_security_headers(app: Flask) -> None:
     @app.after_request
     def set_headers(response):
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("Cache-Control", "no-store")
+        headers = response.headers
+        # One pass over the response's few headers, rather than a setdefault (a scan) for each.
+        present = {name.lower() for name, _ in headers.items()}
+        for name, value in _SECURITY_HEADERS:
+            if name.lower() not in present:
+                headers.add(name, value)
         return response

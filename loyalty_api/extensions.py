@@ -8,6 +8,8 @@ from typing import Any
 import flask
 import flask_smorest
 import flask_sqlalchemy.session
+import orjson
+from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 from marshmallow import ValidationError
@@ -138,6 +140,29 @@ class LimitedBodyRequest(flask.Request):
         if self.content_length is None and limit is not None and len(data) >= limit:
             self.stream.read(1)
         return data.decode(errors="replace") if as_text else data
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON responses, written by orjson.
+
+    The default provider's encoder calls back into Python for every value: ~4 % of a balance
+    read's CPU, more for a purchase's awards. The output means the same: keys sorted, dates
+    as the default writes them (orjson hands them to the same `default`), compact unless in
+    debug. What orjson refuses (an integer beyond 64 bits in client metadata, a key that is
+    not a string, a lone surrogate) goes through the default provider.
+    """
+
+    _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_APPEND_NEWLINE
+
+    def response(self, *args: Any, **kwargs: Any) -> flask.Response:
+        if (self.compact is None and self._app.debug) or self.compact is False:
+            return super().response(*args, **kwargs)
+        obj = self._prepare_response_obj(args, kwargs)
+        try:
+            body = orjson.dumps(obj, default=self.default, option=self._OPTIONS)
+        except orjson.JSONEncodeError:
+            return super().response(obj)
+        return self._app.response_class(body, mimetype=self.mimetype)
 
 
 # NUL cannot be stored in PostgreSQL text or JSONB; a lone surrogate (\ud800 written in JSON)

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from flask import current_app
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, scoped_session
 
@@ -32,6 +33,9 @@ def writing() -> bool:
     """Whether the current code runs inside a write unit of work (run_write)."""
     return _write_intent.get()
 
+
+# app.extensions' key of the engine of one-statement reads (PostgreSQL only, see run_statement).
+STATEMENT_ENGINE = "loyalty_statement_engine"
 
 MAX_ATTEMPTS = 5
 # serialization_failure, deadlock_detected, and unique_violation: two requests raced to
@@ -95,28 +99,42 @@ def run_write(unit_of_work: Callable[[Session], T], session: Session | None = No
     raise AssertionError("unreachable")
 
 
-def run_read(unit_of_work: Callable[[Session], T], session: Session | None = None, *,
-             one_statement: bool = False) -> T:
+def run_read(unit_of_work: Callable[[Session], T], session: Session | None = None) -> T:
     """Run a read-only unit of work and end its transaction.
 
-    `one_statement` says the unit reads with a single statement. One statement sees one
-    snapshot by itself and needs no transaction, so on PostgreSQL it then runs in autocommit
-    mode: no BEGIN and ROLLBACK round trips, and psycopg keeps the statement prepared (a
-    ROLLBACK makes it forget every prepared statement), so PostgreSQL stops parsing and
-    planning it on every read: three quarters of PostgreSQL's CPU per balance read. Inside a
-    write unit, or on a session already in a transaction or joined to a caller's connection
-    (the tests' savepoints), the read stays in that transaction. The pool sets the connection back to transactions
-    when the session returns it.
+    A unit that never used the request's session (an API key found in the cache) leaves no
+    session to end: none is made for it.
     """
     session = session or db.session
     try:
-        if one_statement and not writing() and not _in_transaction(session):
-            bind = session.get_bind()
-            if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
-                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         return unit_of_work(session)
     finally:
-        session.rollback()
+        if not isinstance(session, scoped_session) or session.registry.has():
+            session.rollback()
+
+
+def run_statement(read: Callable[[Connection], T], session: Session | None = None) -> T:
+    """Run a read made of one statement: `read(connection)`.
+
+    One statement sees one snapshot by itself and needs no transaction. On PostgreSQL it runs
+    on a connection of the application's statement engine, in autocommit mode: no BEGIN and
+    ROLLBACK round trips; psycopg keeps the statement prepared (a ROLLBACK makes it forget
+    every prepared statement), so PostgreSQL stops parsing and planning it on every read; and
+    no ORM session to begin and end, nor a pooled connection to switch to autocommit and back
+    (together half the client CPU of a balance read, bench/README.md). Inside a unit of work
+    (a write, or a session already in a transaction or joined to a caller's connection: the
+    tests' savepoints) the read runs in that transaction, after the session's pending changes;
+    elsewhere (SQLite, in process) on the session's connection, as run_read does.
+    """
+    session = session or db.session
+    if writing() or _in_transaction(session):
+        session.flush()
+        return read(session.connection())
+    engine = current_app.extensions.get(STATEMENT_ENGINE)
+    if engine is not None and isinstance(session.get_bind(), Engine):
+        with engine.connect() as connection:
+            return read(connection)
+    return run_read(lambda unit_session: read(unit_session.connection()), session)
 
 
 def _in_transaction(session: Session | scoped_session) -> bool:

@@ -128,3 +128,24 @@ def test_operations_need_no_key(api):
     assert anonymous.get("/healthz").status_code == 200
     assert anonymous.get("/readyz").status_code == 200
     assert anonymous.get("/openapi.yaml").status_code == 200
+
+
+def test_a_cached_key_opens_no_database_session(app, keys):
+    """The key of a request is read once, then cached: later requests authenticate without a
+    session (a read unit that never used the session makes none)."""
+    from loyalty_api.auth.decorators import require
+    from loyalty_api.extensions import db
+
+    seen = []
+
+    @require("program")
+    def probe():
+        seen.append(db.session.registry.has())
+        return "ok"
+
+    client = ApiClient(app.test_client(), keys, "admin")
+    assert client.get("/v1/program").status_code == 200  # reads the key into the cache
+    with app.test_request_context(headers={"Authorization": f"Bearer {keys['admin']}"}):
+        db.session.remove()  # the test's own session, made by the fixtures: start without one
+        assert probe() == "ok"
+    assert seen == [False]

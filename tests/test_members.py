@@ -1,8 +1,13 @@
 """Members: enrolment, lookup, status, erasure."""
 
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
 import pytest
 from flask import jsonify
 from sqlalchemy import delete, event, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from loyalty_api.auth.models import ApiKey
@@ -15,7 +20,7 @@ from loyalty_api.members.models import Member, MemberBalance
 from loyalty_api.members.schemas import MemberSchema, dump_member
 from loyalty_api.members.services import member_views
 from loyalty_api.program.services import get_program
-from loyalty_api.transactions import run_read, run_write
+from loyalty_api.transactions import STATEMENT_ENGINE, run_statement, run_write
 
 from .conftest import NOW
 from .helpers import (
@@ -301,6 +306,29 @@ def test_dump_member_is_the_schema_dump(api, session):
     assert any(view["tier"] for view in views.values()) and any(view["birthdate"] for view in views.values())
 
 
+def test_a_member_read_gives_its_metadata_back_exactly(api):
+    # Beyond 64 bits orjson refuses the integer and the default provider writes the answer.
+    for metadata in ({"tag": "Zoë ☕", "n": 1, "nested": {"b": [1, 2], "a": None}}, {"big": 10**30, "n": 1}):
+        member = api.post("/v1/members", json={"external_id": f"meta-{len(metadata)}-{metadata['n']}",
+                                                "metadata": metadata}).json
+        answer = api.get(f"/v1/members/{member['id']}")
+        assert answer.status_code == 200 and answer.mimetype == "application/json"
+        assert answer.json["metadata"] == metadata
+        assert json.loads(answer.data) == answer.json and answer.data.endswith(b"\n")
+
+
+def test_responses_read_as_the_default_provider_writes_them(app):
+    from flask.json.provider import DefaultJSONProvider
+
+    body = {"b": [1, 2.5, None, True], "a": {"z": datetime(2026, 3, 10, 12, tzinfo=UTC), "y": date(2026, 3, 1)},
+            "text": "Zoë ☕ \u2028", "decimal": Decimal("1.50")}
+    with app.test_request_context():
+        ours = app.json.response(body).get_data()
+        default = DefaultJSONProvider(app).response(body).get_data()
+    assert json.loads(ours) == json.loads(default)
+    assert list(json.loads(ours)) == sorted(body) and ours.endswith(b"\n")
+
+
 def test_a_balance_read_is_one_statement(app, api, session):
     make_rule(api)
     member = make_member(api)["id"]
@@ -322,13 +350,16 @@ def test_a_balance_read_is_one_statement(app, api, session):
     assert len(statements) == 1, statements
 
 
-def test_a_balance_read_of_its_own_runs_without_a_transaction_on_postgres(app):
-    """Outside the tests' savepoints: the read runs on a pooled connection in autocommit mode on
-    PostgreSQL, which the pool sets back afterwards; inside a write it stays in the transaction."""
+def test_a_balance_read_of_its_own_runs_on_the_statement_engine_on_postgres(app):
+    """Outside the tests' savepoints: on PostgreSQL the read runs on the statement engine's
+    connections, in autocommit mode and read-only, and never switches the main pool's; inside
+    a write it reads in the write's transaction, after the session's pending changes."""
     member_id = "01readnotransaction0000000"
     with app.app_context():
         engine = db.engine
         postgres = engine.dialect.name == "postgresql"
+        statement_engine = app.extensions.get(STATEMENT_ENGINE)
+        assert (statement_engine is not None) is postgres
         with Session(engine) as setup:
             setup.add(Member(id=member_id, external_id="read-no-transaction", status="active",
                              referral_code="READNOTX", metadata_={}, enrolled_at=NOW))
@@ -336,35 +367,43 @@ def test_a_balance_read_of_its_own_runs_without_a_transaction_on_postgres(app):
             setup.add(MemberBalance(member_id=member_id, available=7, pending=2, lifetime_earned=9))
             key = create_api_key(setup, "app", NOW, name="read-no-transaction")
             setup.commit()
-        modes = []
+        reads = []
 
         def record(conn, _cursor, statement, *_args):
-            if statement.startswith("SELECT"):
+            if statement.startswith("SELECT") and "expiry_mode" in statement:  # the member view's read
                 dbapi_connection = conn.connection.dbapi_connection
-                modes.append((dbapi_connection, dbapi_connection.autocommit if postgres else None))
+                reads.append((conn.engine, dbapi_connection.autocommit if postgres else None))
 
-        event.listen(engine, "before_cursor_execute", record)
+        engines = [engine, statement_engine] if postgres else [engine]
+        for listened in engines:
+            event.listen(listened, "before_cursor_execute", record)
         try:
-            view = run_read(lambda session: member_services.get_member(session, member_id), one_statement=True)
+            view = run_statement(lambda connection: member_services.get_member(connection, member_id))
             assert view["balance"] == {"available": 7, "pending": 2, "lifetime_earned": 9, "expiring": []}
             with pytest.raises(NotFound):
-                run_read(lambda session: member_services.get_member(session, "nobody"), one_statement=True)
-            assert [autocommit for _, autocommit in modes] == ([True, True] if postgres else [None, None])
+                run_statement(lambda connection: member_services.get_member(connection, "nobody"))
+            assert reads == ([(statement_engine, True)] * 2 if postgres else [(engine, None)] * 2)
             if postgres:
-                assert all(connection.autocommit is False for connection, _ in modes)  # set back by the pool
-            modes.clear()
-            assert run_write(lambda session: member_services.get_member(session, member_id))["id"] == member_id
-            assert [autocommit for _, autocommit in modes] == [False if postgres else None]
-            modes.clear()
-            run_read(lambda session: member_services.get_member(session, member_id))  # not said to be one statement
-            assert [autocommit for _, autocommit in modes] == [False if postgres else None]
-            modes.clear()
+                # Read-only: a statement that tried to write fails instead of committing.
+                with pytest.raises(DBAPIError) as refused:
+                    run_statement(lambda connection: connection.exec_driver_sql(
+                        f"UPDATE members SET name = 'x' WHERE id = '{member_id}'"))
+                assert refused.value.orig.sqlstate == "25006"  # read_only_sql_transaction
+            reads.clear()
+
+            def rename_then_read(session):
+                session.get(Member, member_id).name = "Renamed"  # pending: flushed before the read
+                return run_statement(lambda connection: member_services.get_member(connection, member_id))
+
+            assert run_write(rename_then_read)["name"] == "Renamed"
+            assert reads == [(engine, False if postgres else None)]
+            reads.clear()
             answer = app.test_client().get(f"/v1/members/{member_id}", headers={"Authorization": f"Bearer {key}"})
             assert answer.status_code == 200 and answer.json["balance"]["available"] == 7
-            # The route's read (after the key's own read, a transaction of its own) is the one-statement kind.
-            assert [autocommit for _, autocommit in modes][-1] is (True if postgres else None)
+            assert reads == [(statement_engine, True) if postgres else (engine, None)]
         finally:
-            event.remove(engine, "before_cursor_execute", record)
+            for listened in engines:
+                event.remove(listened, "before_cursor_execute", record)
             with engine.begin() as conn:
                 conn.execute(delete(MemberBalance).where(MemberBalance.member_id == member_id))
                 conn.execute(delete(Member).where(Member.id == member_id))

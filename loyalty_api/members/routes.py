@@ -3,7 +3,7 @@ from flask_smorest import Blueprint
 
 from ..auth.decorators import require
 from ..timeutil import utcnow
-from ..transactions import run_read, run_write
+from ..transactions import run_read, run_statement, run_write
 from . import services
 from .schemas import (
     MemberCreateSchema,
@@ -39,7 +39,7 @@ def list_members(query):
 @require("members:read")
 @blp.response(200, MemberSchema)
 def get_member(member_id):
-    view = run_read(lambda session: services.get_member(session, member_id), one_statement=True)
+    view = run_statement(lambda connection: services.get_member(connection, member_id))
     # The most frequent request: dumped by hand, as MemberSchema would (a Response passes the
     # decorator untouched; the schema still documents it).
     return jsonify(dump_member(view))

@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import bindparam, insert, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from ..driver import DriverQuery
@@ -138,11 +139,10 @@ _MEMBER_VIEW = (
 _READ_MEMBER_VIEW = DriverQuery(_MEMBER_VIEW)
 
 
-def get_member(session: Session, member_id: str) -> dict:
-    """Return a member as the API shows it, read with one statement (a `run_read` of
-    `one_statement`); raise NotFound for an unknown one."""
-    session.flush()  # the read below goes to the connection, past the session's autoflush
-    rows = _READ_MEMBER_VIEW.rows(session.connection(), {"member_id": member_id})
+def get_member(connection: Connection, member_id: str) -> dict:
+    """Return a member as the API shows it, read with one statement (`run_statement`); raise
+    NotFound for an unknown one."""
+    rows = _READ_MEMBER_VIEW.rows(connection, {"member_id": member_id})
     if not rows:
         raise NotFound("No such member")
     row = rows[0]
