@@ -13,7 +13,7 @@ from sqlalchemy.exc import DisconnectionError
 
 from .config import INSTANCE_DIR, load_config
 from .errors import NotFound, register_error_handlers
-from .extensions import JSONProvider, LimitedBodyRequest, api, db, unstorable
+from .extensions import JSONProvider, LimitedBodyRequest, api, db, read_json, unstorable
 from .transactions import STATEMENT_ENGINE, configure_engine
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
@@ -49,6 +49,7 @@ def create_app(config: dict | None = None) -> Flask:
             "pool_size": app.config["LOYALTY_POOL_SIZE"],
             "max_overflow": 0,
             "pool_timeout": 10,
+            "json_deserializer": read_json,
         })
         if "application_name" not in make_url(uri).query:
             # Who is who in pg_stat_activity; a paced job tells requests from its own work by it.

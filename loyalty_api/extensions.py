@@ -165,6 +165,28 @@ class JSONProvider(DefaultJSONProvider):
         return self._app.response_class(body, mimetype=self.mimetype)
 
 
+# 19 digits in a row: a number orjson might not read exactly (see read_json).
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
+def read_json(data: bytes | str) -> Any:
+    """Parse JSON that PostgreSQL returns (JSONB columns: member metadata, stored answers).
+
+    orjson parses it several times faster than the json module, but reads an integer beyond
+    64 bits as a float where the json module keeps it exact, and refuses numbers beyond a
+    float's range: a text with a run of 19 digits, or one orjson refuses, goes to the json
+    module, so every value reads back as the json module reads it.
+    """
+    if isinstance(data, str):
+        data = data.encode()
+    if _LONG_NUMBER.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
 # NUL cannot be stored in PostgreSQL text or JSONB; a lone surrogate (\ud800 written in JSON)
 # is not Unicode and cannot be encoded to UTF-8 by any driver.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

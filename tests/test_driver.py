@@ -1,13 +1,17 @@
 """The purchase path's reads on the driver's cursor give what SQLAlchemy would, and fail as it would."""
 
+import json
+import math
 from datetime import UTC, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import bindparam, event, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from loyalty_api.driver import DriverQuery, run_on_driver
-from loyalty_api.extensions import db
+from loyalty_api.extensions import db, read_json
 from loyalty_api.ledger.services import _EXPIRY_GROUPS
 from loyalty_api.members.models import Member
 from loyalty_api.members.services import _LOCK_MEMBERS, _READ_MEMBER_VIEW, _READ_MEMBERS
@@ -199,3 +203,37 @@ def test_a_connection_keeps_one_cursor_and_a_new_connection_gets_its_own(app):
     (first, cursor), (same, again), _, (lost, _), (fresh, new) = cursors
     assert same is first and again is cursor  # kept with the connection, across statements
     assert lost is first and fresh is not first and new is not cursor  # a new connection, a new cursor
+
+
+def _same_json(ours, theirs) -> bool:
+    """Equal, with the same types all the way down (1 is not 1.0, -0.0 is not 0.0)."""
+    if type(ours) is not type(theirs):
+        return False
+    if isinstance(ours, dict):
+        return ours.keys() == theirs.keys() and all(_same_json(ours[k], theirs[k]) for k in ours)
+    if isinstance(ours, list):
+        return len(ours) == len(theirs) and all(map(_same_json, ours, theirs))
+    if isinstance(ours, float):
+        return ours == theirs and math.copysign(1, ours) == math.copysign(1, theirs)
+    return ours == theirs
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values)
+def test_json_from_the_database_reads_as_the_json_module_reads_it(value):
+    text = json.dumps(value)
+    assert _same_json(read_json(text.encode()), json.loads(text))
+    assert _same_json(read_json(text), json.loads(text))
+
+
+@pytest.mark.parametrize("text", ["1e400", "-1e400", "123456789012345678901234567890", "18446744073709551616",
+                                  "-9223372036854775809", "0.1000000000000000055511151231257827", "-0", "-0.0"])
+def test_numbers_orjson_would_read_otherwise_read_as_the_json_module_reads_them(text):
+    assert _same_json(read_json(text.encode()), json.loads(text))
