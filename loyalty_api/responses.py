@@ -1,5 +1,7 @@
 """Shaping a write's outcome into an HTTP answer."""
 
+from flask import jsonify
+
 from .idempotency import Outcome
 
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -10,3 +12,14 @@ def created(outcome: Outcome):
     if outcome.replayed:
         return outcome.body, 200, {REPLAYED_HEADER: "true"}
     return outcome.body, 201
+
+
+def created_as_is(outcome: Outcome):
+    """As `created`, for a body already in its JSON form, written without the route's schema.
+
+    A purchase's answer is built from JSON values (it is stored as it is, for replays), and
+    its schema's dump visits every award to change nothing: ~5 % of a purchase's CPU in the
+    web worker. The schema still documents the answer; a test holds its dump equal to the body.
+    """
+    body, *rest = created(outcome)
+    return (jsonify(body), *rest)

@@ -5,6 +5,7 @@ from sqlalchemy import func, select
 
 from loyalty_api.ledger.models import LedgerEntry, PointLot
 from loyalty_api.purchases.models import Purchase
+from loyalty_api.purchases.schemas import PurchaseResultSchema
 
 from .helpers import (
     WORKED_ITEMS,
@@ -58,6 +59,24 @@ def test_replay_returns_the_same_body_and_applies_nothing_twice(api, session, me
     assert _count(session, Purchase) == 2 and _count(session, PointLot) == 2
     assert balance(api, member["id"])["available"] == 612
     assert_invariants(session)
+
+
+@pytest.mark.parametrize("program", [{"expiry": {"mode": "fixed", "months": 12}},
+                                     {"pending_days": 14},
+                                     {"expiry": {"mode": "inactivity", "months": 6}}])
+def test_the_answer_written_as_it_is_is_what_the_schema_dumps(api, member, program):
+    """POST /v1/purchases writes its answer without PurchaseResultSchema: the same, field for field."""
+    assert api.patch("/v1/program", json=program).status_code == 200
+    assert api.post("/v1/tiers", json={"code": "gold", "name": "Gold", "rank": 1, "threshold": 1,
+                                       "multiplier": 1.5}).status_code == 201
+    make_rule(api)
+    make_rule(api, effect={"type": "fixed", "points": 25}, name="welcome")
+    for n in range(3):  # the second and later climb to gold: a tier multiplier award too
+        answer = buy(api, member["id"], f"as-is-{n}")
+        assert PurchaseResultSchema().dump(answer) == answer
+    again = api.post("/v1/purchases", json=purchase_body(member["id"], "as-is-2"))
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert PurchaseResultSchema().dump(again.json) == again.json == answer
 
 
 @pytest.mark.parametrize("change", [

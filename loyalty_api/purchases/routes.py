@@ -4,7 +4,7 @@ from marshmallow import ValidationError
 
 from ..auth.decorators import require
 from ..errors import DomainError, ValidationFailed, flatten_messages
-from ..responses import created
+from ..responses import created, created_as_is
 from ..timeutil import utcnow
 from ..transactions import GroupCommit, run_read, run_write
 from . import services
@@ -46,7 +46,7 @@ def create_purchase(data):
     result = current_app.extensions["purchases_group_commit"].submit((data, utcnow()))
     if isinstance(result, DomainError):
         raise result
-    return created(result)
+    return created_as_is(result)
 
 
 @blp.route("/purchases/batch", methods=["POST"])
