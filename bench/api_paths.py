@@ -10,7 +10,8 @@ then measures:
 - balance_reads_per_s, balance_read_p99_ms: wrk GET /v1/members/{id} on random members, with
   the CPU per read of the server, its PostgreSQL backends and wrk, and the cores other
   processes used meanwhile (above ~0.2, the rate and latency are not about this code).
-Run: `python -m bench.api_paths`. Prints one JSON document; progress goes to stderr.
+Run: `python -m bench.api_paths`. Prints one JSON document; progress goes to stderr. With
+BENCH_PROFILE=DIR, py-spy records each web worker during the reads (as in bench.ingest).
 """
 
 import json
