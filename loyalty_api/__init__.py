@@ -49,8 +49,8 @@ def create_app(config: dict | None = None) -> Flask:
             "pool_size": app.config["LOYALTY_POOL_SIZE"],
             "max_overflow": 0,
             "pool_timeout": 10,
-            "json_deserializer": read_json,
         })
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("json_deserializer", read_json)
         if "application_name" not in make_url(uri).query:
             # Who is who in pg_stat_activity; a paced job tells requests from its own work by it.
             app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {}).setdefault(
@@ -64,11 +64,14 @@ def create_app(config: dict | None = None) -> Flask:
         Migrate(app, db, directory=MIGRATIONS_DIR, render_as_batch=True, compare_type=True)
     with app.app_context():
         configure_engine(db.engine)
-        if uri.startswith("postgresql"):
-            app.extensions[STATEMENT_ENGINE] = _statement_engine(uri, app.config["SQLALCHEMY_ENGINE_OPTIONS"])
-            if not app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_pre_ping"):
-                for engine in (db.engine, app.extensions[STATEMENT_ENGINE]):
-                    _ping_idle_connections(engine, app.config["LOYALTY_POOL_PING_IDLE"])
+        engines = [db.engine]
+        statement_engine = _statement_engine(uri, app.config["SQLALCHEMY_ENGINE_OPTIONS"])
+        if statement_engine is not None:
+            app.extensions[STATEMENT_ENGINE] = statement_engine
+            engines.append(statement_engine)
+        if uri.startswith("postgresql") and not app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_pre_ping"):
+            for engine in engines:
+                _ping_idle_connections(engine, app.config["LOYALTY_POOL_PING_IDLE"])
 
     api.init_app(app)
     # After flask-smorest, whose own HTTP error handler this replaces with problem+json.
@@ -100,16 +103,32 @@ def _refuse_unstorable_path_values(app: Flask) -> None:
             raise NotFound("No such resource")
 
 
-def _statement_engine(uri: str, options: dict) -> Engine:
-    """The engine of one-statement reads (`transactions.run_statement`) on PostgreSQL.
+def _statement_engine(uri: str, options: dict) -> Engine | None:
+    """The engine of one-statement reads (`transactions.run_statement`), on PostgreSQL only.
 
     Its connections stay in autocommit mode (the main pool's would be switched there and back
-    on every read) and are read-only: a statement that tried to write would fail, never commit.
+    on every read) and are read-only: a statement that tried to write fails instead of
+    committing. Engine options that would give it another pool or another way to connect
+    (`pool`, `creator`) leave the application without one: its reads then go through the
+    session, as on SQLite.
     """
-    connect_args = dict(options.get("connect_args", {}))
-    given = connect_args.get("options") or make_url(uri).query.get("options")
-    connect_args["options"] = " ".join(filter(None, [given, "-c default_transaction_read_only=on"]))
-    return create_engine(uri, **{**options, "connect_args": connect_args, "isolation_level": "AUTOCOMMIT"})
+    if not uri.startswith("postgresql") or "pool" in options or "creator" in options:
+        return None
+    execution_options = {**options.get("execution_options", {}), "isolation_level": "AUTOCOMMIT"}
+    engine = create_engine(uri, **{**options, "isolation_level": "AUTOCOMMIT",
+                                   "execution_options": execution_options})
+
+    @event.listens_for(engine, "connect")
+    def _read_only(dbapi_connection, _record):
+        # A session setting, not a startup option: those would replace PGOPTIONS and a service
+        # file's, and connection poolers refuse most of them. Behind a transaction-pooling
+        # PgBouncer it may not follow the connection; the reads stay reads regardless.
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        if not dbapi_connection.autocommit:
+            dbapi_connection.commit()
+
+    return engine
 
 
 def _ping_idle_connections(engine: Engine, idle_seconds: float) -> None:

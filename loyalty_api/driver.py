@@ -180,7 +180,8 @@ def _cursor(connection: Connection):
     A new psycopg cursor looks up the dumpers of the parameters' types and the loaders of the
     columns' types again on its first statement: ~20 µs a statement, which a cursor that ran
     the same statements before skips. A pooled connection serves one thread at a time, and
-    its cursor is used up by the time a statement returns (its rows fetched).
+    its cursor is used up by the time a statement returns (its rows fetched); it holds that
+    statement's result until the next one (a write unit's last statement returns one row).
     """
     fairy = connection.connection
     driver_connection = fairy.driver_connection

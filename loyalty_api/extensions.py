@@ -147,12 +147,16 @@ class JSONProvider(DefaultJSONProvider):
 
     The default provider's encoder calls back into Python for every value: ~4 % of a balance
     read's CPU, more for a purchase's awards. The output means the same: keys sorted, dates
-    as the default writes them (orjson hands them to the same `default`), compact unless in
-    debug. What orjson refuses (an integer beyond 64 bits in client metadata, a key that is
-    not a string, a lone surrogate) goes through the default provider.
+    and dataclasses as the default writes them (orjson hands them to the same `default`),
+    compact unless in debug. Text is written as UTF-8, not as \\u escapes, by both paths.
+    What orjson refuses (an integer beyond 64 bits in client metadata, a key that is not a
+    string, a lone surrogate) goes through the default provider. A non-finite float, which
+    the API never takes in, would be written null rather than the invalid NaN.
     """
 
-    _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_APPEND_NEWLINE
+    ensure_ascii = False
+    _OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+                | orjson.OPT_APPEND_NEWLINE)
 
     def response(self, *args: Any, **kwargs: Any) -> flask.Response:
         if (self.compact is None and self._app.debug) or self.compact is False:

@@ -131,15 +131,27 @@ def run_statement(read: Callable[[Connection], T], session: Session | None = Non
         session.flush()
         return read(session.connection())
     engine = current_app.extensions.get(STATEMENT_ENGINE)
-    if engine is not None and isinstance(session.get_bind(), Engine):
+    if engine is not None and _given_bind(session) in (None, db.engine):
         with engine.connect() as connection:
             return read(connection)
     return run_read(lambda unit_session: read(unit_session.connection()), session)
 
 
 def _in_transaction(session: Session | scoped_session) -> bool:
-    current = session.registry() if isinstance(session, scoped_session) else session
-    return current.in_transaction()
+    """Whether the session is in a transaction; a scoped session not made yet is not (and is
+    not made by asking)."""
+    if isinstance(session, scoped_session):
+        if not session.registry.has():
+            return False
+        session = session.registry()
+    return session.in_transaction()
+
+
+def _given_bind(session: Session | scoped_session):
+    """The bind the session was made with (the tests join a connection), without making it."""
+    if isinstance(session, scoped_session):
+        return session.session_factory.kw.get("bind")
+    return session.bind
 
 
 class GroupCommit(Generic[T, R]):

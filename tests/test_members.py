@@ -10,6 +10,7 @@ from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from loyalty_api import _statement_engine, create_app
 from loyalty_api.auth.models import ApiKey
 from loyalty_api.auth.services import create_api_key
 from loyalty_api.errors import NotFound
@@ -348,6 +349,31 @@ def test_a_balance_read_is_one_statement(app, api, session):
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert len(statements) == 1, statements
+
+
+@pytest.mark.postgres
+def test_the_statement_engine_keeps_the_connection_settings_and_makes_no_session(database_url):
+    """Read-only is set on the session, so the deployment's own settings (here a startup
+    option) still apply; a balance read on it makes no ORM session; options that would give
+    it another pool or another way to connect leave the app without one."""
+    options = {"pool_size": 2, "connect_args": {"options": "-c statement_timeout=1234"}}
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "SQLALCHEMY_ENGINE_OPTIONS": options,
+                      "SECRET_KEY": "test-secret-key-that-is-long-enough-for-hs256", "LOYALTY_MIGRATIONS": False})
+    engine = app.extensions[STATEMENT_ENGINE]
+    try:
+        with engine.connect() as connection:
+            settings = connection.exec_driver_sql(
+                "SELECT current_setting('statement_timeout'), current_setting('transaction_read_only')").one()
+        assert tuple(settings) == ("1234ms", "on")
+        with app.test_request_context():
+            assert run_statement(lambda connection: connection.exec_driver_sql("SELECT 1").scalar()) == 1
+            assert not db.session.registry.has()
+    finally:
+        engine.dispose()
+        with app.app_context():
+            db.engine.dispose()
+    for given in ({"creator": lambda: None}, {"pool": object()}):
+        assert _statement_engine(database_url, given) is None
 
 
 def test_a_balance_read_of_its_own_runs_on_the_statement_engine_on_postgres(app):
