@@ -114,8 +114,11 @@ def _statement_engine(uri: str, options: dict) -> Engine | None:
     """
     if not uri.startswith("postgresql") or "pool" in options or "creator" in options:
         return None
-    execution_options = {**options.get("execution_options", {}), "isolation_level": "AUTOCOMMIT"}
-    engine = create_engine(uri, **{**options, "isolation_level": "AUTOCOMMIT",
+    # Autocommit is set once per connection; an isolation level among the engine's execution
+    # options would be set again on every checkout. Nothing is left to roll back when a
+    # connection returns to the pool: no reset.
+    execution_options = {k: v for k, v in options.get("execution_options", {}).items() if k != "isolation_level"}
+    engine = create_engine(uri, **{**options, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None,
                                    "execution_options": execution_options})
 
     @event.listens_for(engine, "connect")

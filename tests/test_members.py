@@ -356,7 +356,8 @@ def test_the_statement_engine_keeps_the_connection_settings_and_makes_no_session
     """Read-only is set on the session, so the deployment's own settings (here a startup
     option) still apply; a balance read on it makes no ORM session; options that would give
     it another pool or another way to connect leave the app without one."""
-    options = {"pool_size": 2, "connect_args": {"options": "-c statement_timeout=1234"}}
+    options = {"pool_size": 2, "connect_args": {"options": "-c statement_timeout=1234"},
+               "execution_options": {"isolation_level": "SERIALIZABLE"}}  # the main engine's, not its
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "SQLALCHEMY_ENGINE_OPTIONS": options,
                       "SECRET_KEY": "test-secret-key-that-is-long-enough-for-hs256", "LOYALTY_MIGRATIONS": False})
     engine = app.extensions[STATEMENT_ENGINE]
@@ -364,7 +365,8 @@ def test_the_statement_engine_keeps_the_connection_settings_and_makes_no_session
         with engine.connect() as connection:
             settings = connection.exec_driver_sql(
                 "SELECT current_setting('statement_timeout'), current_setting('transaction_read_only')").one()
-        assert tuple(settings) == ("1234ms", "on")
+            autocommit = connection.connection.dbapi_connection.autocommit
+        assert tuple(settings) == ("1234ms", "on") and autocommit is True
         with app.test_request_context():
             assert run_statement(lambda connection: connection.exec_driver_sql("SELECT 1").scalar()) == 1
             assert not db.session.registry.has()
