@@ -125,11 +125,10 @@ def _statement_engine(uri: str, options: dict) -> Engine | None:
     def _read_only(dbapi_connection, _record):
         # A session setting, not a startup option: those would replace PGOPTIONS and a service
         # file's, and connection poolers refuse most of them. Behind a transaction-pooling
-        # PgBouncer it may not follow the connection; the reads stay reads regardless.
+        # PgBouncer it may not follow the connection; the reads stay reads regardless. The
+        # dialect's own listener has already put the connection in autocommit: nothing to commit.
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-        if not dbapi_connection.autocommit:
-            dbapi_connection.commit()
 
     return engine
 

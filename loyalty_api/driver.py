@@ -184,8 +184,8 @@ def _cursor(connection: Connection):
     statement's result until the next one (a write unit's last statement returns one row).
     """
     fairy = connection.connection
-    driver_connection = fairy.driver_connection
-    kept = fairy.info.get(_CURSOR)
-    if kept is None or kept[0] is not driver_connection or kept[1].closed:
-        kept = fairy.info[_CURSOR] = (driver_connection, driver_connection.cursor())
-    return kept[1]
+    cursor = fairy.info.get(_CURSOR)
+    # A reconnected pool record has a new driver connection: its old cursor goes with the old one.
+    if cursor is None or cursor.closed or cursor.connection is not fairy.driver_connection:
+        cursor = fairy.info[_CURSOR] = fairy.driver_connection.cursor()
+    return cursor
