@@ -1,8 +1,9 @@
 """Fields and schemas shared by every domain package."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
 from .pagination import CURSOR_PATTERN
 from .timeutil import isoformat
@@ -83,6 +84,165 @@ class StrictSchema(Schema):
 
     class Meta:
         ordered = True
+
+
+class _Unsure(Exception):
+    """A value the direct load does not vouch for: marshmallow's own load decides."""
+
+
+class DirectLoadSchema(StrictSchema):
+    """A schema whose load of a plain, valid body checks each field directly.
+
+    marshmallow's load goes through an error store, a closure and a `validate.And` built anew
+    for every field on every call: ~75 µs for a 5-item purchase, ~5 % of a single purchase's
+    server CPU and a third of a batch purchase's (bench/README.md). Here a body is checked
+    against the very fields and validators the schema declares: a string must be a str, a
+    strict integer an int (not a bool), a list of nested DirectLoadSchema bodies is checked
+    by theirs, and any other field is loaded by its own `deserialize`. Whatever the direct
+    check does not vouch for (a missing required field, an unknown key, a value of another
+    type, any validator refusing it) sends the whole body through marshmallow's load, which
+    returns or raises exactly what it always did: errors keep marshmallow's messages. A body
+    loaded directly equals marshmallow's load of it, keys in the same order
+    (tests/test_schemas.py holds this over generated bodies).
+    """
+
+    def load(self, data, *, many=None, partial=None, unknown=None):
+        plain = not (many or self.many or partial or self.partial) and (unknown or self.unknown) == RAISE
+        if plain:
+            loader = self.__dict__.get("_direct_loader")
+            if loader is None:
+                loader = self._direct_loader = _direct_loader(self)
+            try:
+                return loader(data)
+            except _Unsure:
+                pass
+        return super().load(data, many=many, partial=partial, unknown=unknown)
+
+
+def _direct_loader(schema: Schema) -> Callable:
+    """Return a function loading a plain body of `schema` directly, or raising _Unsure."""
+    # Pre- and post-load processors, @validates methods, keys renamed on the way in: marshmallow's.
+    if any(schema._hooks.values()) or any(field.data_key is not None or field.attribute is not None
+                                          for field in schema.load_fields.values()):
+        return _always_unsure
+    checks = [(name, field.required, _direct_check(field)) for name, field in schema.load_fields.items()]
+    names = frozenset(schema.load_fields)
+
+    def load(data):
+        if type(data) is not dict or not names.issuperset(data):
+            raise _Unsure
+        result = {}
+        for name, required, check in checks:
+            if name in data:
+                result[name] = check(data[name], name, data)
+            elif required:
+                raise _Unsure
+        return result
+
+    return load
+
+
+def _always_unsure(data):
+    raise _Unsure
+
+
+def _direct_check(field: fields.Field) -> Callable:
+    """Return check(value, name, data) -> the field's loaded value, or raising _Unsure."""
+    if field.load_default is not missing:
+        return _check_unsure
+    validators = tuple(field.validators)
+    kind = type(field)
+    if kind is fields.String:
+        check_type = _check_str
+    elif kind is fields.Integer and field.strict and not field.as_string:
+        check_type = _check_int
+    elif kind is fields.List and _plain_nested(field.inner):
+        check_type = _check_list_of(field.inner.schema)
+    elif (kind is fields.Dict and field.value_field is None and type(field.key_field) is fields.String
+          and not field.key_field.allow_none):
+        check_type = _check_dict_keys(tuple(field.key_field.validators))
+    else:
+        return _check_with_field(field)
+    allow_none = field.allow_none
+
+    def check(value, name, data):
+        if value is None:
+            if allow_none:
+                return None
+            raise _Unsure
+        value = check_type(value)
+        for validator in validators:
+            try:
+                if validator(value) is False:
+                    raise _Unsure
+            except ValidationError:
+                raise _Unsure from None
+        return value
+
+    return check
+
+
+def _plain_nested(field: fields.Field) -> bool:
+    """Whether a list's items are nested bodies the nested schema's direct loader may load."""
+    return (type(field) is fields.Nested and isinstance(field.schema, DirectLoadSchema) and not field.many
+            and field.unknown is None and not field.allow_none and not field.validators)
+
+
+def _check_unsure(value, name, data):
+    raise _Unsure
+
+
+def _check_str(value):
+    if type(value) is not str:
+        raise _Unsure
+    return value
+
+
+def _check_int(value):
+    if type(value) is not int:
+        raise _Unsure
+    return value
+
+
+def _check_list_of(schema: "DirectLoadSchema") -> Callable:
+    def check(value):
+        if type(value) is not list:
+            raise _Unsure
+        loader = schema.__dict__.get("_direct_loader")
+        if loader is None:
+            loader = schema._direct_loader = _direct_loader(schema)
+        return [loader(each) for each in value]
+
+    return check
+
+
+def _check_dict_keys(validators: tuple) -> Callable:
+    def check(value):
+        if type(value) is not dict:
+            raise _Unsure
+        for key in value:
+            if type(key) is not str:
+                raise _Unsure
+            for validator in validators:
+                try:
+                    if validator(key) is False:
+                        raise _Unsure
+                except ValidationError:
+                    raise _Unsure from None
+        return dict(value)
+
+    return check
+
+
+def _check_with_field(field: fields.Field) -> Callable:
+    """The field's own load (a timestamp, say), any refusal making the body unsure."""
+    def check(value, name, data):
+        try:
+            return field.deserialize(value, name, data)
+        except ValidationError:
+            raise _Unsure from None
+
+    return check
 
 
 class ListQuerySchema(StrictSchema):

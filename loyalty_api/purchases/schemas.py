@@ -5,6 +5,7 @@ from ..schemas import (
     ID_LENGTH,
     BalanceSchema,
     ClientId,
+    DirectLoadSchema,
     Money,
     StrictSchema,
     Timestamp,
@@ -15,14 +16,14 @@ MAX_ITEMS = 1000
 MAX_BATCH = 1000
 
 
-class PurchaseItemSchema(StrictSchema):
+class PurchaseItemSchema(DirectLoadSchema):
     sku = fields.String(required=True, validate=validate.Length(min=1, max=100))
     category = fields.String(allow_none=True, validate=validate.Length(max=100))
     quantity = fields.Integer(strict=True, required=True, validate=validate.Range(1, 1_000_000))
     unit_price = Money(required=True)
 
 
-class PurchaseCreateSchema(StrictSchema):
+class PurchaseCreateSchema(DirectLoadSchema):
     transaction_id = ClientId(required=True)
     member_id = fields.String(validate=ID_LENGTH)
     member_external_id = fields.String(validate=ID_LENGTH)
