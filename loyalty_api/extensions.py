@@ -114,7 +114,13 @@ class StrictParser(FlaskParser):
         if data is missing:
             # Every body the API takes is documented as required: no body is not `{}`.
             raise ValidationError({"_schema": ["a JSON object body is required"]})
-        _refuse_unstorable_text(data, "")
+        # Walking the parsed body costs 9 µs a purchase, 9 ms a batch of 1,000. An ASCII body
+        # without a backslash needs none: a NUL could only be raw (which the parser refuses
+        # in a string and is not JSON elsewhere) and a surrogate needs a byte of 0x80 or more
+        # (as UTF-8, UTF-16 or UTF-32, which the parser reads as it finds them).
+        raw = req.get_data(cache=True)
+        if not raw.isascii() or b"\\" in raw:
+            _refuse_unstorable_text(data, "")
         return data
 
     def load_querystring(self, req, schema):

@@ -144,3 +144,18 @@ def test_every_bad_value_of_every_field_is_refused_and_writes_nothing(api, sessi
             failures.append((bad[:40], r.status_code, problem or r.get_data(as_text=True)[:200]))
     assert not failures, failures
     assert _counts(session) == before
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_unstorable_text_is_refused_in_every_encoding_json_reads(api, session, encoding):
+    """A lone surrogate written raw (not as an escape) and NUL escaped, in each encoding the
+    JSON parser recognises: the check that skips plain ASCII bodies must not skip these."""
+    member = make_member(api, f"enc-{encoding}")
+    before = _counts(session)
+    for field, text in (("store_id", "s\ud800"), ("channel", "\\u0000")):
+        body = json.dumps(purchase_body(member["id"], f"enc-{encoding}"))[:-1] + f', "{field}": "{text}"}}'
+        r = api.post("/v1/purchases", data=body.encode(encoding, errors="surrogatepass"),
+                     headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, (field, r.get_data(as_text=True)[:200])
+        assert field in r.json["errors"]
+    assert _counts(session) == before
