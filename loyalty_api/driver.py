@@ -3,9 +3,9 @@
 A purchase runs the same few statements every time, and on PostgreSQL SQLAlchemy's
 execution layer (the statement's cache key, an execution context, a cursor result and its
 row processing) cost more than psycopg itself: ~240 µs of client CPU for the program read
-against ~75 µs on the bare cursor (bench/README.md). Here a Core SELECT is compiled once,
-and once per combination of IN-list sizes; each run only fills in the parameters and passes
-them, and the rows, through the column types' processors, so the rows equal what
+against ~75 µs on the bare cursor (bench/README.md). Here a Core SELECT is compiled once;
+each run only fills in the parameters and passes them, and the rows, through the column
+types' processors, so the rows equal what
 `connection.execute` returns. A driver error goes to the Connection's own error handling,
 so it is wrapped (a retryable conflict stays a DBAPIError with its SQLSTATE) and a lost
 connection is invalidated, exactly as for any other statement; listeners of
@@ -17,14 +17,14 @@ from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select
+from sqlalchemy import ARRAY, Select, String, any_, bindparam
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter
 from sqlalchemy.sql.sqltypes import TupleType
 
-# Shapes (SQL text for given IN-list sizes) kept per query: small lists (single purchases and
-# their groups) repeat; a batch's lists of hundreds rarely do, and are filled in afresh.
-_SHAPES_KEPT = 256
-_LARGEST_KEPT = 64  # total items of a query's IN lists
+# Lists longer than this are not run as prepared statements (DriverQuery.rows).
+_PREPARED_LIST_MAX = 64
 
 
 def on_driver(connection: Connection) -> bool:
@@ -37,16 +37,17 @@ class _Compiled(NamedTuple):
 
     dialect: Dialect
     compiled: Any
-    expanding: tuple[str, ...]
-    shapes: dict
+    shapes: dict  # by the set of parameter names given
     processors: list  # [(column index, processor)], from the first result's column types
 
 
 class DriverQuery:
     """A SELECT built once (module level) and run on the driver's cursor on PostgreSQL.
 
-    Supports plain and expanding (IN-list) bind parameters given at each run; a statement
-    with a literal IN list, a callable bind value or a tuple IN is refused when compiled.
+    Takes plain bind parameters and IN lists (`column.in_(bindparam(name, expanding=True))`)
+    given at each run; on PostgreSQL an IN list is passed as one array (_in_lists_as_arrays).
+    A literal IN list, a NOT IN list, a tuple IN or a callable bind value is refused when
+    the query is compiled.
     """
 
     def __init__(self, statement: Select) -> None:
@@ -62,20 +63,20 @@ class DriverQuery:
         state = self._state
         if state is None or state.dialect is not connection.dialect:
             state = self._state = self._compile(connection.dialect)
-        sizes = tuple(len(params[name]) for name in state.expanding)
-        key = (sizes, frozenset(params))
-        shape = state.shapes.get(key)
+        given = frozenset(params)
+        shape = state.shapes.get(given)
         if shape is None:
-            expanded = state.compiled.construct_expanded_state(dict(params))
-            shape = _Shape(expanded.statement, expanded.parameters, expanded.processors,
-                           expanded.parameter_expansion, given=set(params))
-            if sum(sizes) <= _LARGEST_KEPT:
-                if len(state.shapes) >= _SHAPES_KEPT:
-                    state.shapes.clear()  # the sizes in use come back at once
-                state.shapes[key] = shape
+            # A handful per query (a default given or not): kept, never evicted.
+            filled = state.compiled.construct_expanded_state(dict(params))
+            shape = state.shapes[given] = _Shape(filled.statement, filled.parameters, filled.processors, given)
         processors = state.processors
+        # A long list (a batch's) is planned for its values every time: a prepared statement's
+        # generic plan assumes an array of about ten, and for a thousand ids it scanned whole
+        # tables (PostgreSQL's CPU per batch purchase 0.17 → 0.36 ms, bench/README.md).
+        prepare = False if any(type(value) is list and len(value) > _PREPARED_LIST_MAX
+                               for value in params.values()) else None
         rows, description = _run(connection, shape.sql, shape.parameters(params), fetch=True,
-                                 describe=processors is None)
+                                 describe=processors is None, prepare=prepare)
         if processors is None:
             processors = self._result_processors(connection.dialect, description)
             if self._state is state:
@@ -92,16 +93,15 @@ class DriverQuery:
         return result
 
     def _compile(self, dialect: Dialect) -> _Compiled:
-        compiled = self.statement.compile(dialect=dialect)
+        compiled = _in_lists_as_arrays(self.statement).compile(dialect=dialect)
         if compiled.escaped_bind_names:
             raise ValueError("DriverQuery needs bind names that psycopg takes as they are")
         for bind in compiled.bind_names:
             if bind.callable is not None:
                 raise ValueError(f"DriverQuery takes no callable bind value ({bind.key})")
-            if bind.expanding and (bind.value is not None or isinstance(bind.type, TupleType)):
+            if bind.expanding:
                 raise ValueError(f"DriverQuery takes IN lists as parameters, of single values ({bind.key})")
-        expanding = tuple(sorted(name for bind, name in compiled.bind_names.items() if bind.expanding))
-        return _Compiled(dialect, compiled, expanding, {}, None)
+        return _Compiled(dialect, compiled, {}, None)
 
     def _result_processors(self, dialect: Dialect, description) -> list[tuple[int, Callable]]:
         # As SQLAlchemy's own result does: the column type's implementation for this dialect,
@@ -112,31 +112,49 @@ class DriverQuery:
                 is not None]
 
 
+def _in_lists_as_arrays(statement: Select) -> Select:
+    """The statement with each `column IN (:list)` written `column = ANY(:list)`, the list
+    passed as one array parameter.
+
+    SQLAlchemy writes an IN list out as one placeholder per item, so each length is another
+    SQL text: a batch's lists of a thousand ids were filled in (~5 ms) and parsed by psycopg
+    (~10 ms a query) on every call. With an array every length shares one text. It means
+    what IN means (an empty array matches nothing). Strings go as VARCHAR[] without the
+    column's length: a cast to VARCHAR(26)[] would cut a longer id to one that exists.
+    """
+    def replace(element):
+        if (isinstance(element, BinaryExpression) and element.operator is operators.in_op
+                and isinstance(element.right, BindParameter) and element.right.expanding
+                and element.right.value is None and element.right.callable is None
+                and not isinstance(element.right.type, TupleType)):
+            item_type = String() if isinstance(element.right.type, String) else element.right.type
+            return element.left == any_(bindparam(element.right.key, type_=ARRAY(item_type)))
+        return None
+
+    return visitors.replacement_traverse(statement, {}, replace)
+
+
 class _Shape:
-    """The SQL text of a query for one set of IN-list sizes, and how to fill its parameters."""
+    """The SQL text of a query and how to fill its parameters, for one set of names given."""
 
-    __slots__ = ("defaults", "expansion", "processors", "singles", "sql")
+    __slots__ = ("defaults", "processors", "singles", "sql")
 
-    def __init__(self, sql: str, parameters: Mapping, processors: Mapping[str, Callable],
-                 expansion: Mapping[str, list[str]], given: set[str]) -> None:
+    def __init__(self, sql: str, parameters: Mapping, processors: Mapping[str, Callable], given: set[str]) -> None:
         self.sql = sql
-        self.expansion = list(expansion.items())
-        expanded = {name for names in expansion.values() for name in names}
-        self.singles = [name for name in parameters if name in given and name not in expansion]
+        self.singles = [name for name in parameters if name in given]
         # Values the statement carries itself (literals of the query, like a status).
-        defaults = {name: value for name, value in parameters.items() if name not in given and name not in expanded}
+        defaults = {name: value for name, value in parameters.items() if name not in given}
         for name, process in processors.items():
             if name in defaults:
                 defaults[name] = process(defaults[name])
         self.defaults = defaults
-        self.processors = [(name, process) for name, process in processors.items() if name not in defaults]
+        self.processors = [(name, process) for name, process in processors.items()
+                           if name not in defaults and name in parameters]
 
     def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
         values = dict(self.defaults)
         for name in self.singles:
             values[name] = params[name]
-        for name, names in self.expansion:
-            values.update(zip(names, params[name], strict=True))
         for name, process in self.processors:
             values[name] = process(values[name])
         return values
@@ -152,10 +170,11 @@ def run_on_driver(connection: Connection, sql: str, parameters: Sequence | Mappi
     return _run(connection, sql, parameters, fetch=fetch)[0]
 
 
-def _run(connection: Connection, sql: str, parameters, *, fetch: bool,
-         describe: bool = False) -> tuple[list[tuple], Any]:
+def _run(connection: Connection, sql: str, parameters, *, fetch: bool, describe: bool = False,
+         prepare: bool | None = None) -> tuple[list[tuple], Any]:
     """Run the statement; return its rows and, with `describe`, the cursor's description
-    (psycopg builds it anew on each access: only the first run of a query asks)."""
+    (psycopg builds it anew on each access: only the first run of a query asks). `prepare`
+    is psycopg's: None prepares a statement once it has run a few times, False never."""
     if not connection.in_transaction():
         connection.begin()
     cursor = _cursor(connection)
@@ -163,7 +182,7 @@ def _run(connection: Connection, sql: str, parameters, *, fetch: bool,
         listeners = connection.dispatch.before_cursor_execute
         if listeners:
             listeners(connection, cursor, sql, parameters, None, False)
-        cursor.execute(sql, parameters)
+        cursor.execute(sql, parameters, prepare=prepare)
         return (cursor.fetchall() if fetch else []), (cursor.description if describe else None)
     except BaseException as err:
         # Wraps a driver error as SQLAlchemy's own (with its SQLSTATE), invalidates a lost
