@@ -3,13 +3,13 @@
 A purchase runs the same few statements every time, and on PostgreSQL SQLAlchemy's
 execution layer (the statement's cache key, an execution context, a cursor result and its
 row processing) cost more than psycopg itself: ~240 µs of client CPU for the program read
-against ~75 µs on the bare cursor (bench/README.md). Here a Core SELECT is compiled once;
-each run only fills in the parameters and passes them, and the rows, through the column
-types' processors, so the rows equal what
-`connection.execute` returns. A driver error goes to the Connection's own error handling,
-so it is wrapped (a retryable conflict stays a DBAPIError with its SQLSTATE) and a lost
-connection is invalidated, exactly as for any other statement; listeners of
-`before_cursor_execute` see the statement. On other databases (SQLite, in process, where
+against ~75 µs on the bare cursor (bench/README.md). Here a Core SELECT is compiled once
+per combination of short IN-list sizes, and once with long lists as arrays; each run only
+fills in the parameters and passes them, and the rows, through the column types'
+processors, so the rows equal what `connection.execute` returns. A driver error goes to the
+Connection's own error handling, so it is wrapped (a retryable conflict stays a DBAPIError
+with its SQLSTATE) and a lost connection is invalidated, exactly as for any other statement;
+listeners of `before_cursor_execute` see the statement. On other databases (SQLite, in process, where
 this overhead is small) the statements go through `connection.execute`.
 """
 
@@ -23,8 +23,10 @@ from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter
 from sqlalchemy.sql.sqltypes import TupleType
 
-# Lists longer than this are not run as prepared statements (DriverQuery.rows).
-_PREPARED_LIST_MAX = 64
+# Shapes (SQL text for given IN-list sizes) kept per query: small lists (single purchases and
+# their groups) repeat. Longer lists (a batch's) go as arrays (_in_lists_as_arrays).
+_SHAPES_KEPT = 256
+_LARGEST_LISTED = 64  # total items of a query's IN lists written out item by item
 
 
 def on_driver(connection: Connection) -> bool:
@@ -37,17 +39,18 @@ class _Compiled(NamedTuple):
 
     dialect: Dialect
     compiled: Any
-    shapes: dict  # by the set of parameter names given
+    expanding: tuple[str, ...]
+    arrays: Any  # the query compiled with its IN lists as arrays, for long lists
+    shapes: dict
     processors: list  # [(column index, processor)], from the first result's column types
 
 
 class DriverQuery:
     """A SELECT built once (module level) and run on the driver's cursor on PostgreSQL.
 
-    Takes plain bind parameters and IN lists (`column.in_(bindparam(name, expanding=True))`)
-    given at each run; on PostgreSQL an IN list is passed as one array (_in_lists_as_arrays).
-    A literal IN list, a NOT IN list, a tuple IN or a callable bind value is refused when
-    the query is compiled.
+    Supports plain and expanding (IN-list) bind parameters given at each run; a statement
+    with a literal IN list, a NOT IN list, a callable bind value or a tuple IN is refused
+    when compiled.
     """
 
     def __init__(self, statement: Select) -> None:
@@ -63,20 +66,23 @@ class DriverQuery:
         state = self._state
         if state is None or state.dialect is not connection.dialect:
             state = self._state = self._compile(connection.dialect)
-        given = frozenset(params)
-        shape = state.shapes.get(given)
+        sizes = tuple(len(params[name]) for name in state.expanding)
+        listed = sum(sizes) <= _LARGEST_LISTED
+        key = (sizes if listed else None, frozenset(params))
+        shape = state.shapes.get(key)
         if shape is None:
-            # A handful per query (a default given or not): kept, never evicted.
-            filled = state.compiled.construct_expanded_state(dict(params))
-            shape = state.shapes[given] = _Shape(filled.statement, filled.parameters, filled.processors, given)
+            expanded = (state.compiled if listed else state.arrays).construct_expanded_state(dict(params))
+            shape = _Shape(expanded.statement, expanded.parameters, expanded.processors,
+                           expanded.parameter_expansion, given=set(params))
+            if len(state.shapes) >= _SHAPES_KEPT:
+                state.shapes.clear()  # the sizes in use come back at once
+            state.shapes[key] = shape
         processors = state.processors
-        # A long list (a batch's) is planned for its values every time: a prepared statement's
-        # generic plan assumes an array of about ten, and for a thousand ids it scanned whole
-        # tables (PostgreSQL's CPU per batch purchase 0.17 → 0.36 ms, bench/README.md).
-        prepare = False if any(type(value) is list and len(value) > _PREPARED_LIST_MAX
-                               for value in params.values()) else None
+        # A long list is planned for its values every time (prepare=False): a prepared
+        # statement's generic plan assumes an array of about ten, and for a batch's thousand
+        # ids it scanned whole tables (PostgreSQL's CPU per batch purchase 0.17 → 0.36 ms).
         rows, description = _run(connection, shape.sql, shape.parameters(params), fetch=True,
-                                 describe=processors is None, prepare=prepare)
+                                 describe=processors is None, prepare=None if listed else False)
         if processors is None:
             processors = self._result_processors(connection.dialect, description)
             if self._state is state:
@@ -93,15 +99,19 @@ class DriverQuery:
         return result
 
     def _compile(self, dialect: Dialect) -> _Compiled:
-        compiled = _in_lists_as_arrays(self.statement).compile(dialect=dialect)
+        compiled = self.statement.compile(dialect=dialect)
         if compiled.escaped_bind_names:
             raise ValueError("DriverQuery needs bind names that psycopg takes as they are")
         for bind in compiled.bind_names:
             if bind.callable is not None:
                 raise ValueError(f"DriverQuery takes no callable bind value ({bind.key})")
-            if bind.expanding:
+            if bind.expanding and (bind.value is not None or isinstance(bind.type, TupleType)):
                 raise ValueError(f"DriverQuery takes IN lists as parameters, of single values ({bind.key})")
-        return _Compiled(dialect, compiled, {}, None)
+        expanding = tuple(sorted(name for bind, name in compiled.bind_names.items() if bind.expanding))
+        arrays = _in_lists_as_arrays(self.statement).compile(dialect=dialect)
+        if any(bind.expanding for bind in arrays.bind_names):
+            raise ValueError("DriverQuery takes IN lists, not NOT IN lists")
+        return _Compiled(dialect, compiled, expanding, arrays, {}, None)
 
     def _result_processors(self, dialect: Dialect, description) -> list[tuple[int, Callable]]:
         # As SQLAlchemy's own result does: the column type's implementation for this dialect,
@@ -116,17 +126,18 @@ def _in_lists_as_arrays(statement: Select) -> Select:
     """The statement with each `column IN (:list)` written `column = ANY(:list)`, the list
     passed as one array parameter.
 
-    SQLAlchemy writes an IN list out as one placeholder per item, so each length is another
-    SQL text: a batch's lists of a thousand ids were filled in (~5 ms) and parsed by psycopg
-    (~10 ms a query) on every call. With an array every length shares one text. It means
-    what IN means (an empty array matches nothing). Strings go as VARCHAR[] without the
-    column's length: a cast to VARCHAR(26)[] would cut a longer id to one that exists.
+    SQLAlchemy writes an IN list out as one placeholder per item: for a batch's thousand ids
+    a new SQL text each time, filled in (~5 ms) and parsed by psycopg (~10 ms a query) on
+    every call. An array is one parameter of one text. Short lists stay IN lists: their
+    prepared plans are simple index lookups, where a prepared plan over an array (of about
+    ten, PostgreSQL assumes) sorts and merges, and made single purchases' PostgreSQL CPU
+    0.8 → 1.1 ms. It means what IN means (an empty array matches nothing). Strings go as
+    VARCHAR[] without the column's length: a cast to VARCHAR(26)[] would cut a longer id to
+    one that exists.
     """
     def replace(element):
         if (isinstance(element, BinaryExpression) and element.operator is operators.in_op
-                and isinstance(element.right, BindParameter) and element.right.expanding
-                and element.right.value is None and element.right.callable is None
-                and not isinstance(element.right.type, TupleType)):
+                and isinstance(element.right, BindParameter) and element.right.expanding):
             item_type = String() if isinstance(element.right.type, String) else element.right.type
             return element.left == any_(bindparam(element.right.key, type_=ARRAY(item_type)))
         return None
@@ -135,26 +146,30 @@ def _in_lists_as_arrays(statement: Select) -> Select:
 
 
 class _Shape:
-    """The SQL text of a query and how to fill its parameters, for one set of names given."""
+    """The SQL text of a query for one set of IN-list sizes, and how to fill its parameters."""
 
-    __slots__ = ("defaults", "processors", "singles", "sql")
+    __slots__ = ("defaults", "expansion", "processors", "singles", "sql")
 
-    def __init__(self, sql: str, parameters: Mapping, processors: Mapping[str, Callable], given: set[str]) -> None:
+    def __init__(self, sql: str, parameters: Mapping, processors: Mapping[str, Callable],
+                 expansion: Mapping[str, list[str]], given: set[str]) -> None:
         self.sql = sql
-        self.singles = [name for name in parameters if name in given]
+        self.expansion = list(expansion.items())
+        expanded = {name for names in expansion.values() for name in names}
+        self.singles = [name for name in parameters if name in given and name not in expansion]
         # Values the statement carries itself (literals of the query, like a status).
-        defaults = {name: value for name, value in parameters.items() if name not in given}
+        defaults = {name: value for name, value in parameters.items() if name not in given and name not in expanded}
         for name, process in processors.items():
             if name in defaults:
                 defaults[name] = process(defaults[name])
         self.defaults = defaults
-        self.processors = [(name, process) for name, process in processors.items()
-                           if name not in defaults and name in parameters]
+        self.processors = [(name, process) for name, process in processors.items() if name not in defaults]
 
     def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
         values = dict(self.defaults)
         for name in self.singles:
             values[name] = params[name]
+        for name, names in self.expansion:
+            values.update(zip(names, params[name], strict=True))
         for name, process in self.processors:
             values[name] = process(values[name])
         return values
