@@ -100,3 +100,13 @@ def test_serve_answers_over_http_and_stops_on_sigterm(tmp_path, server_name):
         time.sleep(0.1)
     access_log = (tmp_path / "access.log").read_text()
     assert "/v1/program" in access_log and "/v1/members" in access_log, access_log[-500:]
+
+
+def test_a_web_worker_freezes_what_start_up_built(tmp_path):
+    """The cyclic collector of a worker leaves the application it built at start-up alone."""
+    code = "import gc; from loyalty_api.cli import web_app; web_app(); print(gc.get_freeze_count())"
+    env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite:///{tmp_path / 'frozen.db'}",
+           "LOYALTY_SECRET_KEY": "k" * 48}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 10_000
