@@ -109,14 +109,19 @@ class DirectLoadSchema(StrictSchema):
     def load(self, data, *, many=None, partial=None, unknown=None):
         plain = not (many or self.many or partial or self.partial) and (unknown or self.unknown) == RAISE
         if plain:
-            loader = self.__dict__.get("_direct_loader")
-            if loader is None:
-                loader = self._direct_loader = _direct_loader(self)
             try:
-                return loader(data)
+                return _direct_loader_of(self)(data)
             except _Unsure:
                 pass
         return super().load(data, many=many, partial=partial, unknown=unknown)
+
+
+def _direct_loader_of(schema: "DirectLoadSchema") -> Callable:
+    """The schema's direct loader, built once for its fields (a copy made with `only` has others)."""
+    cached = schema.__dict__.get("_direct_loader")
+    if cached is None or cached[0] is not schema.load_fields:
+        cached = schema._direct_loader = (schema.load_fields, _direct_loader(schema))
+    return cached[1]
 
 
 def _direct_loader(schema: Schema) -> Callable:
@@ -125,17 +130,19 @@ def _direct_loader(schema: Schema) -> Callable:
     if any(schema._hooks.values()) or any(field.data_key is not None or field.attribute is not None
                                           for field in schema.load_fields.values()):
         return _always_unsure
-    checks = [(name, field.required, _direct_check(field)) for name, field in schema.load_fields.items()]
+    # An absent field marshmallow refuses (required) or fills in (a load_default) is its to load.
+    checks = [(name, field.required or field.load_default is not missing, _direct_check(field))
+              for name, field in schema.load_fields.items()]
     names = frozenset(schema.load_fields)
 
     def load(data):
         if type(data) is not dict or not names.issuperset(data):
             raise _Unsure
         result = {}
-        for name, required, check in checks:
+        for name, not_plain_when_absent, check in checks:
             if name in data:
                 result[name] = check(data[name], name, data)
-            elif required:
+            elif not_plain_when_absent:
                 raise _Unsure
         return result
 
@@ -148,10 +155,10 @@ def _always_unsure(data):
 
 def _direct_check(field: fields.Field) -> Callable:
     """Return check(value, name, data) -> the field's loaded value, or raising _Unsure."""
-    if field.load_default is not missing:
-        return _check_unsure
     validators = tuple(field.validators)
     kind = type(field)
+    if not _plain(field):
+        return _check_with_field(field)
     if kind is fields.String:
         check_type = _check_str
     elif kind is fields.Integer and field.strict and not field.as_string:
@@ -159,7 +166,7 @@ def _direct_check(field: fields.Field) -> Callable:
     elif kind is fields.List and _plain_nested(field.inner):
         check_type = _check_list_of(field.inner.schema)
     elif (kind is fields.Dict and field.value_field is None and type(field.key_field) is fields.String
-          and not field.key_field.allow_none):
+          and not field.key_field.allow_none and _plain(field.key_field)):
         check_type = _check_dict_keys(tuple(field.key_field.validators))
     else:
         return _check_with_field(field)
@@ -171,10 +178,9 @@ def _direct_check(field: fields.Field) -> Callable:
                 return None
             raise _Unsure
         value = check_type(value)
-        for validator in validators:
+        for validator in validators:  # marshmallow 4 ignores what a validator returns
             try:
-                if validator(value) is False:
-                    raise _Unsure
+                validator(value)
             except ValidationError:
                 raise _Unsure from None
         return value
@@ -182,14 +188,17 @@ def _direct_check(field: fields.Field) -> Callable:
     return check
 
 
+def _plain(field: fields.Field) -> bool:
+    """Whether the field loads a value without processors of its own (marshmallow 4.3's
+    per-field pre_load and post_load)."""
+    return not field.pre_load and not field.post_load
+
+
 def _plain_nested(field: fields.Field) -> bool:
     """Whether a list's items are nested bodies the nested schema's direct loader may load."""
     return (type(field) is fields.Nested and isinstance(field.schema, DirectLoadSchema) and not field.many
-            and field.unknown is None and not field.allow_none and not field.validators)
-
-
-def _check_unsure(value, name, data):
-    raise _Unsure
+            and not field.schema.many and field.unknown is None and not field.allow_none
+            and not field.validators and _plain(field))
 
 
 def _check_str(value):
@@ -208,9 +217,7 @@ def _check_list_of(schema: "DirectLoadSchema") -> Callable:
     def check(value):
         if type(value) is not list:
             raise _Unsure
-        loader = schema.__dict__.get("_direct_loader")
-        if loader is None:
-            loader = schema._direct_loader = _direct_loader(schema)
+        loader = _direct_loader_of(schema)
         return [loader(each) for each in value]
 
     return check
@@ -225,8 +232,7 @@ def _check_dict_keys(validators: tuple) -> Callable:
                 raise _Unsure
             for validator in validators:
                 try:
-                    if validator(key) is False:
-                        raise _Unsure
+                    validator(key)
                 except ValidationError:
                     raise _Unsure from None
         return dict(value)
