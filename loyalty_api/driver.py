@@ -5,19 +5,22 @@ execution layer (the statement's cache key, an execution context, a cursor resul
 row processing) cost more than psycopg itself: ~240 µs of client CPU for the program read
 against ~75 µs on the bare cursor (bench/README.md). Here a Core SELECT is compiled once
 per combination of short IN-list sizes, and once with long lists as arrays; each run only
-fills in the parameters and passes them, and the rows, through the column types'
-processors, so the rows equal what `connection.execute` returns. A driver error goes to the
+fills in the parameters and passes the rows, and a short list's items, through the column
+types' processors, so the rows equal what `connection.execute` returns. Other parameters
+(plain values, a long list's array) go to psycopg as given: the callers give lists of
+strings and aware datetimes, which need no processing. A driver error goes to the
 Connection's own error handling, so it is wrapped (a retryable conflict stays a DBAPIError
-with its SQLSTATE) and a lost connection is invalidated, exactly as for any other statement;
-listeners of `before_cursor_execute` see the statement. On other databases (SQLite, in process, where
-this overhead is small) the statements go through `connection.execute`.
+with its SQLSTATE) and a lost connection is invalidated, exactly as for any other
+statement; listeners of `before_cursor_execute` see the statement. On other databases
+(SQLite, in process, where this overhead is small) the statements go through
+`connection.execute`.
 """
 
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import ARRAY, Select, String, any_, bindparam
+from sqlalchemy import ARRAY, Select, String, Text, Unicode, UnicodeText, any_, bindparam
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter
@@ -108,9 +111,9 @@ class DriverQuery:
             if bind.expanding and (bind.value is not None or isinstance(bind.type, TupleType)):
                 raise ValueError(f"DriverQuery takes IN lists as parameters, of single values ({bind.key})")
         expanding = tuple(sorted(name for bind, name in compiled.bind_names.items() if bind.expanding))
-        arrays = _in_lists_as_arrays(self.statement).compile(dialect=dialect)
+        arrays = _in_lists_as_arrays(self.statement).compile(dialect=dialect) if expanding else compiled
         if any(bind.expanding for bind in arrays.bind_names):
-            raise ValueError("DriverQuery takes IN lists, not NOT IN lists")
+            raise ValueError("DriverQuery takes `column IN (:list)` lists only (not NOT IN, nor a coerced list)")
         return _Compiled(dialect, compiled, expanding, arrays, {}, None)
 
     def _result_processors(self, dialect: Dialect, description) -> list[tuple[int, Callable]]:
@@ -138,7 +141,11 @@ def _in_lists_as_arrays(statement: Select) -> Select:
     def replace(element):
         if (isinstance(element, BinaryExpression) and element.operator is operators.in_op
                 and isinstance(element.right, BindParameter) and element.right.expanding):
-            item_type = String() if isinstance(element.right.type, String) else element.right.type
+            item_type = element.right.type
+            if type(item_type) in (String, Text, Unicode, UnicodeText):
+                item_type = String()
+            elif isinstance(item_type, String):  # CHAR(n)[], an enum's or CITEXT's array: not cast here
+                raise ValueError(f"DriverQuery takes long IN lists of plain strings only ({item_type!r})")
             return element.left == any_(bindparam(element.right.key, type_=ARRAY(item_type)))
         return None
 
@@ -146,7 +153,8 @@ def _in_lists_as_arrays(statement: Select) -> Select:
 
 
 class _Shape:
-    """The SQL text of a query for one set of IN-list sizes, and how to fill its parameters."""
+    """The SQL text of a query for one set of short IN-list sizes (or for long lists, as arrays)
+    and how to fill its parameters."""
 
     __slots__ = ("defaults", "expansion", "processors", "singles", "sql")
 
