@@ -48,7 +48,9 @@ def web_app():
     # What start-up built (the app, SQLAlchemy's and marshmallow's metadata, the modules)
     # lives as long as the worker: frozen, the cyclic collector stops walking it on every
     # full collection, which a batch of 1,000 purchases triggers several times (11 % of a
-    # batch's server CPU) and which stalled a worker's requests for 15-40 ms.
+    # batch's server CPU) and which stalled a worker's requests for 15-40 ms. Garbage left
+    # by start-up is collected first, or it would be kept for good.
+    gc.collect()
     gc.freeze()
     return app
 
