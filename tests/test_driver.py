@@ -16,7 +16,8 @@ from loyalty_api.ledger.services import _EXPIRY_GROUPS
 from loyalty_api.members.models import Member
 from loyalty_api.members.services import _LOCK_MEMBERS, _READ_MEMBER_VIEW, _READ_MEMBERS
 from loyalty_api.program.services import _READ_PROGRAM
-from loyalty_api.purchases.services import _STORED_PURCHASES
+from loyalty_api.purchases.services import _READ_USAGE, _STORED_PURCHASES
+from loyalty_api.rules_admin.models import Rule
 from loyalty_api.tiers.services import _FIGURE_STATEMENTS
 
 from .conftest import IS_POSTGRES, NOW
@@ -74,6 +75,29 @@ def test_other_purchase_path_reads_match_sqlalchemy(members):
     got, expected = both_ways(_STORED_PURCHASES, {"transaction_ids": ["drv-0-0", "drv-1-1", "nope"]})
     assert sorted(got) == sorted(expected) and len(got) == 2
     assert isinstance(got[0][2], dict)  # the stored response, as JSON
+
+
+@pytest.mark.postgres
+def test_the_purchase_paths_long_lists_match_sqlalchemy(members):
+    """A batch's lists (past 64 items, passed as arrays) give the rows of SQLAlchemy's IN lists."""
+    nobody = [f"nobody-{n}" for n in range(100)]
+    for query in (_READ_MEMBERS, _LOCK_MEMBERS):
+        got, expected = both_ways(query, {"member_ids": members + nobody, "external_ids": ["drv-2", *nobody]})
+        assert got == expected and len(got) == 3
+    got, expected = both_ways(_EXPIRY_GROUPS, {"member_ids": members + nobody})
+    assert got == expected and len(got) == 4
+    for metric, query in _FIGURE_STATEMENTS.items():
+        got, expected = both_ways(query, {"member_ids": members + nobody, "start": NOW - timedelta(days=30),
+                                          "now": NOW + timedelta(hours=1)})
+        assert got == expected and len(got) == 2, metric
+    got, expected = both_ways(_STORED_PURCHASES, {"transaction_ids": ["drv-0-0", "drv-1-1", *nobody]})
+    assert sorted(got) == sorted(expected) and len(got) == 2
+    rule_id = db.session.execute(select(Rule.id)).scalar()
+    starts = [NOW - timedelta(days=n) for n in range(70)]  # a timestamptz array
+    usage = {"member_ids": members + nobody, "rule_ids": [rule_id, *nobody], "starts": starts}
+    got, expected = both_ways(_READ_USAGE, usage)
+    assert got == expected
+    assert any(sizes is None for sizes, _ in _READ_USAGE._state.shapes)  # it went as arrays
 
 
 def test_rows_are_named(members):
