@@ -5,10 +5,8 @@ execution layer (the statement's cache key, an execution context, a cursor resul
 row processing) cost more than psycopg itself: ~240 µs of client CPU for the program read
 against ~75 µs on the bare cursor (bench/README.md). Here a Core SELECT is compiled once
 per combination of short IN-list sizes, and once with long lists as arrays; each run only
-fills in the parameters and passes the rows, and a short list's items, through the column
-types' processors, so the rows equal what `connection.execute` returns. Other parameters
-(plain values, a long list's array) go to psycopg as given: the callers give lists of
-strings and aware datetimes, which need no processing. A driver error goes to the
+fills in the parameters and passes them, and the rows, through the column types'
+processors, so the rows equal what `connection.execute` returns. A driver error goes to the
 Connection's own error handling, so it is wrapped (a retryable conflict stays a DBAPIError
 with its SQLSTATE) and a lost connection is invalidated, exactly as for any other
 statement; listeners of `before_cursor_execute` see the statement. On other databases
@@ -44,6 +42,7 @@ class _Compiled(NamedTuple):
     compiled: Any
     expanding: tuple[str, ...]
     arrays: Any  # the query compiled with its IN lists as arrays, for long lists
+    bind_processors: tuple[dict, dict]  # of the parameters not expanded: for `compiled`, for `arrays`
     shapes: dict
     processors: list  # [(column index, processor)], from the first result's column types
 
@@ -74,8 +73,11 @@ class DriverQuery:
         key = (sizes if listed else None, frozenset(params))
         shape = state.shapes.get(key)
         if shape is None:
-            expanded = (state.compiled if listed else state.arrays).construct_expanded_state(dict(params))
-            shape = _Shape(expanded.statement, expanded.parameters, expanded.processors,
+            compiled, plain = ((state.compiled, state.bind_processors[0]) if listed
+                               else (state.arrays, state.bind_processors[1]))
+            expanded = compiled.construct_expanded_state(dict(params))
+            # The expanded state brings the processors of a short list's items only.
+            shape = _Shape(expanded.statement, expanded.parameters, {**plain, **expanded.processors},
                            expanded.parameter_expansion, given=set(params))
             if len(state.shapes) >= _SHAPES_KEPT:
                 state.shapes.clear()  # the sizes in use come back at once
@@ -84,7 +86,11 @@ class DriverQuery:
         # A long list is planned for its values every time (prepare=False): a prepared
         # statement's generic plan assumes an array of about ten, and for a batch's thousand
         # ids it scanned whole tables (PostgreSQL's CPU per batch purchase 0.17 → 0.36 ms).
-        rows, description = _run(connection, shape.sql, shape.parameters(params), fetch=True,
+        try:
+            parameters = shape.parameters(params)
+        except Exception as err:  # a type refusing a value (a naive timestamp): SQLAlchemy's StatementError
+            connection._handle_dbapi_exception(err, shape.sql, params, None, None)
+        rows, description = _run(connection, shape.sql, parameters, fetch=True,
                                  describe=processors is None, prepare=None if listed else False)
         if processors is None:
             processors = self._result_processors(connection.dialect, description)
@@ -114,7 +120,8 @@ class DriverQuery:
         arrays = _in_lists_as_arrays(self.statement).compile(dialect=dialect) if expanding else compiled
         if any(bind.expanding for bind in arrays.bind_names):
             raise ValueError("DriverQuery takes `column IN (:list)` lists only (not NOT IN, nor a coerced list)")
-        return _Compiled(dialect, compiled, expanding, arrays, {}, None)
+        processors = (_bind_processors(compiled, dialect), _bind_processors(arrays, dialect))
+        return _Compiled(dialect, compiled, expanding, arrays, processors, {}, None)
 
     def _result_processors(self, dialect: Dialect, description) -> list[tuple[int, Callable]]:
         # As SQLAlchemy's own result does: the column type's implementation for this dialect,
@@ -123,6 +130,13 @@ class DriverQuery:
                 enumerate(zip(self.statement.selected_columns, description, strict=True))
                 if (processor := column.type.dialect_impl(dialect).result_processor(dialect, described.type_code))
                 is not None]
+
+
+def _bind_processors(compiled, dialect: Dialect) -> dict[str, Callable]:
+    """The processors of a compiled statement's parameters that are not IN lists, as
+    SQLAlchemy's execution applies them (a UTC timestamp converted, an array made a list)."""
+    return {name: process for bind, name in compiled.bind_names.items()
+            if not bind.expanding and (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None}
 
 
 def _in_lists_as_arrays(statement: Select) -> Select:

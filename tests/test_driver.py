@@ -2,13 +2,13 @@
 
 import json
 import math
-from datetime import UTC, timedelta
+from datetime import UTC, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import bindparam, event, select
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from loyalty_api.driver import DriverQuery, run_on_driver
 from loyalty_api.extensions import db, read_json
@@ -120,7 +120,10 @@ def test_each_short_in_list_size_fills_the_statement_as_sqlalchemy_would(members
         state = compiled.construct_expanded_state(dict(params))
         shape = query._state.shapes[((len(ids),), frozenset(params))]
         assert shape.sql == state.statement
-        assert shape.parameters(params) == {name: state.processors[name](value) if name in state.processors
+        # SQLAlchemy's processors: the items' from the expanded state, the others' (`at`, a
+        # UTC timestamp) from the statement.
+        processors = {**compiled._bind_processors, **state.processors}
+        assert shape.parameters(params) == {name: processors[name](value) if name in processors
                                             else value for name, value in state.parameters.items()}
 
 
@@ -137,6 +140,8 @@ def test_long_in_lists_go_as_one_array_with_sqlalchemys_rows(members):
         assert sorted(query.rows(connection, {"ids": ids})) == sorted(expected)
         assert sorted(row.id for row in expected) == sorted(set(ids) & set(members))
     assert query.rows(connection, {"ids": members + nobody, "status": "suspended"}) == []
+    # As SQLAlchemy takes them: any sequence for the array, a timestamp in any offset.
+    assert len(query.rows(connection, {"ids": tuple(members + nobody)})) == 3
     assert len(query.rows(connection, {"ids": members})) == 3
     long_shapes = [shape.sql for (sizes, _), shape in query._state.shapes.items() if sizes is None]
     assert len(long_shapes) == 2  # one text for every long list, with the default given or not
@@ -267,3 +272,19 @@ def test_json_from_the_database_reads_as_the_json_module_reads_it(value):
                                   "-9223372036854775809", "0.1000000000000000055511151231257827", "-0", "-0.0"])
 def test_numbers_orjson_would_read_otherwise_read_as_the_json_module_reads_them(text):
     assert _same_json(read_json(text.encode()), json.loads(text))
+
+
+@pytest.mark.postgres
+def test_parameters_go_through_their_types_as_sqlalchemy_sends_them(members):
+    """A naive timestamp is refused by the UTC column type, on both paths; an aware one in
+    any offset finds the same rows."""
+    query = _FIGURE_STATEMENTS["points"]
+    params = {"member_ids": members, "start": NOW - timedelta(days=30), "now": NOW + timedelta(hours=1)}
+    elsewhere = {**params, "now": (NOW + timedelta(hours=1)).astimezone(timezone(timedelta(hours=-7)))}
+    assert both_ways(query, elsewhere)[0] == both_ways(query, params)[0]
+    naive = {**params, "now": NOW.replace(tzinfo=None)}
+    for run in (lambda: query.rows(db.session.connection(), naive),
+                lambda: db.session.connection().execute(query.statement, naive)):
+        with pytest.raises(StatementError, match="naive datetime"):
+            run()
+        db.session.rollback()
