@@ -35,14 +35,21 @@ def on_driver(connection: Connection) -> bool:
     return connection.dialect.driver == "psycopg"
 
 
+class _Form(NamedTuple):
+    """A query compiled one way, with the processors of its parameters that are not IN lists
+    (the expanded state of a shape brings those of a short list's items only)."""
+
+    compiled: Any
+    bind_processors: dict
+
+
 class _Compiled(NamedTuple):
     """A query compiled for one dialect; replaced whole, never changed, so threads share it."""
 
     dialect: Dialect
-    compiled: Any
+    listed: _Form  # IN lists written out item by item, for short lists
+    arrays: _Form  # IN lists as arrays, for long lists
     expanding: tuple[str, ...]
-    arrays: Any  # the query compiled with its IN lists as arrays, for long lists
-    bind_processors: tuple[dict, dict]  # of the parameters not expanded: for `compiled`, for `arrays`
     shapes: dict
     processors: list  # [(column index, processor)], from the first result's column types
 
@@ -73,23 +80,21 @@ class DriverQuery:
         key = (sizes if listed else None, frozenset(params))
         shape = state.shapes.get(key)
         if shape is None:
-            compiled, plain = ((state.compiled, state.bind_processors[0]) if listed
-                               else (state.arrays, state.bind_processors[1]))
-            expanded = compiled.construct_expanded_state(dict(params))
-            # The expanded state brings the processors of a short list's items only.
-            shape = _Shape(expanded.statement, expanded.parameters, {**plain, **expanded.processors},
+            form = state.listed if listed else state.arrays
+            expanded = form.compiled.construct_expanded_state(dict(params))
+            shape = _Shape(expanded.statement, expanded.parameters, {**form.bind_processors, **expanded.processors},
                            expanded.parameter_expansion, given=set(params))
             if len(state.shapes) >= _SHAPES_KEPT:
                 state.shapes.clear()  # the sizes in use come back at once
             state.shapes[key] = shape
         processors = state.processors
-        # A long list is planned for its values every time (prepare=False): a prepared
-        # statement's generic plan assumes an array of about ten, and for a batch's thousand
-        # ids it scanned whole tables (PostgreSQL's CPU per batch purchase 0.17 → 0.36 ms).
         try:
             parameters = shape.parameters(params)
         except Exception as err:  # a type refusing a value (a naive timestamp): SQLAlchemy's StatementError
             connection._handle_dbapi_exception(err, shape.sql, params, None, None)
+        # A long list is planned for its values every time (prepare=False): a prepared
+        # statement's generic plan assumes an array of about ten, and for a batch's thousand
+        # ids it scanned whole tables (PostgreSQL's CPU per batch purchase 0.17 → 0.36 ms).
         rows, description = _run(connection, shape.sql, parameters, fetch=True,
                                  describe=processors is None, prepare=None if listed else False)
         if processors is None:
@@ -120,8 +125,8 @@ class DriverQuery:
         arrays = _in_lists_as_arrays(self.statement).compile(dialect=dialect) if expanding else compiled
         if any(bind.expanding for bind in arrays.bind_names):
             raise ValueError("DriverQuery takes `column IN (:list)` lists only (not NOT IN, nor a coerced list)")
-        processors = (_bind_processors(compiled, dialect), _bind_processors(arrays, dialect))
-        return _Compiled(dialect, compiled, expanding, arrays, processors, {}, None)
+        return _Compiled(dialect, _Form(compiled, _bind_processors(compiled, dialect)),
+                         _Form(arrays, _bind_processors(arrays, dialect)), expanding, {}, None)
 
     def _result_processors(self, dialect: Dialect, description) -> list[tuple[int, Callable]]:
         # As SQLAlchemy's own result does: the column type's implementation for this dialect,

@@ -139,10 +139,10 @@ def _direct_loader(schema: Schema) -> Callable:
         if type(data) is not dict or not names.issuperset(data):
             raise _Unsure
         result = {}
-        for name, not_plain_when_absent, check in checks:
+        for name, marshmallows_when_absent, check in checks:
             if name in data:
                 result[name] = check(data[name], name, data)
-            elif not_plain_when_absent:
+            elif marshmallows_when_absent:
                 raise _Unsure
         return result
 
@@ -155,10 +155,10 @@ def _always_unsure(data):
 
 def _direct_check(field: fields.Field) -> Callable:
     """Return check(value, name, data) -> the field's loaded value, or raising _Unsure."""
-    validators = tuple(field.validators)
-    kind = type(field)
     if not _plain(field):
         return _check_with_field(field)
+    validators = tuple(field.validators)
+    kind = type(field)
     if kind is fields.String:
         check_type = _check_str
     elif kind is fields.Integer and field.strict and not field.as_string:
