@@ -17,6 +17,15 @@ def _app(process: str = "cli", **settings):
     return create_app({"LOYALTY_PROCESS": process, **settings})
 
 
+# Threads per web worker. Single purchases that arrive while a worker's previous purchase
+# transaction is in flight wait in a thread each and go together in the next transaction
+# (transactions.GroupCommit): the more threads, the larger those groups under load, and the
+# less each purchase costs. On 2 cores with 32 tills posting, 16 threads gave groups of ~8
+# and ~1,000 purchases/s where 4 gave groups of ~2 and ~690/s; balance reads lost ~6 % of
+# their rate to the extra threads (bench/README.md).
+DEFAULT_THREADS = 16
+
+
 @click.group()
 def main():
     """Loyalty rewards backend."""
@@ -27,7 +36,7 @@ def main():
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--workers", default=lambda: int(os.environ.get("LOYALTY_WORKERS", os.cpu_count() or 1) or 1),
               type=int, help="worker processes (default: one per core)")
-@click.option("--threads", default=lambda: int(os.environ.get("LOYALTY_THREADS", 4)), type=int,
+@click.option("--threads", default=lambda: int(os.environ.get("LOYALTY_THREADS", DEFAULT_THREADS)), type=int,
               help="threads per worker")
 @click.option("--server", type=click.Choice(["granian", "gunicorn"]),
               default=lambda: os.environ.get("LOYALTY_SERVER", "granian"), show_default="granian",

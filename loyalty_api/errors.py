@@ -6,6 +6,7 @@ from http import HTTPStatus
 
 from flask import Flask, Response, json
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,14 @@ def register_error_handlers(app: Flask) -> None:
         log.warning("database unavailable: %s", type(err.orig).__name__ if err.orig else err)
         return problem(503, "service_unavailable", "Service Unavailable",
                        "The database is unavailable; retry shortly", headers={"Retry-After": "1"})
+
+    @app.errorhandler(PoolTimeout)
+    def handle_pool_exhausted(_err: PoolTimeout):
+        # Every pooled connection stayed busy for the pool's timeout: the node is overloaded
+        # (a web worker holds more requests than its pool has connections), not broken.
+        log.warning("no database connection free within the pool's timeout")
+        return problem(503, "service_unavailable", "Service Unavailable",
+                       "The service is overloaded; retry shortly", headers={"Retry-After": "1"})
 
     @app.errorhandler(DBAPIError)
     def handle_database_error(err: DBAPIError):

@@ -213,3 +213,18 @@ def test_readyz_is_503_when_the_database_is_unreachable(api, monkeypatch):
     r = api.as_role(None).get("/readyz")
     assert_problem(r, 503, "service_unavailable")
     assert r.headers["Retry-After"] == "1"
+
+
+def test_an_exhausted_connection_pool_is_503_with_retry_after(api, monkeypatch):
+    """More requests than pooled connections, each held past the pool's timeout: overload, not a bug."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from loyalty_api.members import services
+
+    def exhausted(*args, **kwargs):
+        raise PoolTimeout("QueuePool limit of size 10 overflow 0 reached, connection timed out")
+
+    monkeypatch.setattr(services, "get_member", exhausted)
+    r = api.get("/v1/members/01J0000000000000000000000")
+    assert_problem(r, 503, "service_unavailable")
+    assert r.headers["Retry-After"] == "1"
