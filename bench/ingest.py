@@ -9,7 +9,9 @@ with pgbench, with as many clients for as long. Prints one JSON document on stdo
 goes to stderr. Everything it starts is stopped before it exits; all traffic stays on 127.0.0.1.
 
 Knobs (environment): LOYALTY_BENCH_DATABASE_URL, BENCH_MEMBERS (3000), BENCH_DURATION (20 s),
-BENCH_WARMUP (5 s), BENCH_CONNECTIONS (32: tills posting at once, and pgbench's clients),
+BENCH_WARMUP (5 s), BENCH_CONNECTIONS (32: tills posting at once, and pgbench's clients; the
+sustained rate and the CPU figures), BENCH_FEW_CONNECTIONS (8: a second closed-loop run, whose
+rate and latency are the ingest_* figures),
 BENCH_WORKERS (2), BENCH_THREADS (`loyalty serve`'s default, 16),
 BENCH_RATE (500: a second, fixed-rate run at that many purchases/s; 0: off).
 """
@@ -657,6 +659,8 @@ def main() -> None:
     # transaction in flight, so the rate depends on how many post at once (bench/README.md:
     # 8 connections gave ~630/s, 32 ~1,000/s); pgbench gets as many clients.
     connections = env_int("BENCH_CONNECTIONS", 32)
+    # The ingestion figures of the first issue (>= 400/s, p99 < 50 ms) keep their load: 8 tills.
+    few_connections = env_int("BENCH_FEW_CONNECTIONS", 8)
     workers = env_int("BENCH_WORKERS", 2)
     threads = env_int("BENCH_THREADS", DEFAULT_THREADS)
     rate = env_int("BENCH_RATE", 500)
@@ -714,6 +718,11 @@ def main() -> None:
             log(f"measured: {measured['per_s']:.0f}/s, p50 {measured['p50_us'] / 1000:.1f} ms, "
                 f"p99 {measured['p99_us'] / 1000:.1f} ms, non-2xx {measured['non_2xx_3xx']}, "
                 f"socket errors {measured['socket_errors']}")
+            log(f"closed-loop run with fewer tills: {duration} s, {few_connections} connections")
+            few = run_wrk(wrk, script, port, connections=few_connections, duration=duration, prefix="c")
+            log(f"fewer tills: {few['per_s']:.0f}/s, p50 {few['p50_us'] / 1000:.1f} ms, "
+                f"p99 {few['p99_us'] / 1000:.1f} ms, non-2xx {few['non_2xx_3xx']}, "
+                f"socket errors {few['socket_errors']}")
             fixed = None
             if rate:
                 log(f"fixed-rate run: {rate}/s for {duration} s")
@@ -739,14 +748,15 @@ def main() -> None:
         log(f"pgbench: {pg['tps']:.0f} tps, {pg['latency_ms']} ms average")
         pg_version = postgres_version(url)
 
-    non_2xx = measured["non_2xx_3xx"] + measured["socket_errors"]
+    non_2xx = sum(run["non_2xx_3xx"] + run["socket_errors"] for run in (measured, few))
     ratio = measured["per_s"] / pg["tps"] if pg["tps"] else 0.0
     figures = [
-        figure("ingest_purchases_per_s", measured["per_s"], "purchases/s", ">= 400", measured["per_s"] >= 400),
-        # The same rate against the speed issue's target for a node.
+        figure("ingest_purchases_per_s", few["per_s"], "purchases/s", ">= 400", few["per_s"] >= 400),
+        figure("ingest_p50_ms", few["p50_us"] / 1000, "ms"),
+        figure("ingest_p99_ms", few["p99_us"] / 1000, "ms", "< 50", few["p99_us"] / 1000 < 50),
+        # The speed issue's target for a node, with as many tills as pgbench has clients.
         figure("sustained_purchases_per_s", measured["per_s"], "purchases/s", ">= 1000", measured["per_s"] >= 1000),
-        figure("ingest_p50_ms", measured["p50_us"] / 1000, "ms"),
-        figure("ingest_p99_ms", measured["p99_us"] / 1000, "ms", "< 50", measured["p99_us"] / 1000 < 50),
+        figure("sustained_p99_ms", measured["p99_us"] / 1000, "ms"),
         figure("pgbench_tps", pg["tps"], "transactions/s"),
         figure("ingest_to_pgbench_ratio", ratio, "x", ">= 0.35", ratio >= 0.35),
         figure("non_2xx", non_2xx, "responses", "0", non_2xx == 0),
@@ -770,7 +780,8 @@ def main() -> None:
     result = {
         "benchmark": "ingest",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "postgres": pg_version},
-        "config": {"workers": workers, "threads": threads, "connections": connections, "duration_s": duration,
+        "config": {"workers": workers, "threads": threads, "connections": connections,
+                   "few_connections": few_connections, "duration_s": duration,
                    "warmup_s": warmup, "members": members, "items_per_purchase": ITEMS_PER_PURCHASE,
                    "fixed_rate": rate or None, "pgbench_failed": pg["failed"],
                    "wrk_requests": measured["requests"]},
