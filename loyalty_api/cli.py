@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from .slots import RequestSlots
 from .timeutil import utcnow
 
 
@@ -17,12 +18,12 @@ def _app(process: str = "cli", **settings):
     return create_app({"LOYALTY_PROCESS": process, **settings})
 
 
-# Threads per web worker. Single purchases that arrive while a worker's previous purchase
+# Threads per web worker: the requests it holds at once, of which LOYALTY_RUNNING_REQUESTS
+# run (slots.RequestSlots). Single purchases that arrive while a worker's previous purchase
 # transaction is in flight wait in a thread each and go together in the next transaction
 # (transactions.GroupCommit): the more threads, the larger those groups under load, and the
 # less each purchase costs. On 2 cores with 32 tills posting, 16 threads gave groups of ~8
-# and ~1,000 purchases/s where 4 gave groups of ~2 and ~690/s; balance reads lost ~6 % of
-# their rate to the extra threads (bench/README.md).
+# and ~1,000 purchases/s where 4 gave groups of ~2 and ~690/s (bench/README.md).
 DEFAULT_THREADS = 16
 
 
@@ -54,6 +55,7 @@ def web_app():
     """The application as a web worker builds it (the servers' factory)."""
     _return_freed_memory()
     app = _app("web", LOYALTY_MIGRATIONS=False)
+    app.wsgi_app = RequestSlots(app.wsgi_app, app.config["LOYALTY_RUNNING_REQUESTS"])
     # What start-up built (the app, SQLAlchemy's and marshmallow's metadata, the modules)
     # lives as long as the worker: frozen, the cyclic collector stops walking it on every
     # full collection, which a batch of 1,000 purchases triggers several times (11 % of a

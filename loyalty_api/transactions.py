@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, scoped_session
 
 from .extensions import db
+from .slots import slot_given_up
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,7 +187,8 @@ class GroupCommit(Generic[T, R]):
             self._queue.append(ticket)
             leading, self._busy = not self._busy, True
         if not leading:
-            ticket.ready.wait()
+            with slot_given_up():  # parked: the worker's other requests run meanwhile
+                ticket.ready.wait()
             if ticket.role == _Ticket.DONE:
                 return ticket.result
             if ticket.role == _Ticket.ALONE:
