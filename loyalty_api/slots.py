@@ -45,7 +45,18 @@ class FairSlots:
             handed = threading.Lock()
             handed.acquire()
             self._waiting.append(handed)
-        handed.acquire()  # released by the thread that hands its slot over
+        try:
+            handed.acquire()  # released by the thread that hands its slot over
+        except BaseException:
+            # Interrupted while waiting: leave the line, or pass on a slot handed over
+            # meanwhile; a slot handed to a thread that left would be lost for good.
+            with self._lock:
+                handed_over = handed not in self._waiting
+                if not handed_over:
+                    self._waiting.remove(handed)
+            if handed_over:
+                self.release()
+            raise
 
     def release(self) -> None:
         with self._lock:
@@ -66,11 +77,14 @@ class RequestSlots:
         self.slots.acquire()
         _held.slots = self.slots
         try:
-            # Flask's response body is a list of bytes: all of it is produced here, in the slot.
+            # The body is produced here, in the slot (the service streams nothing); the server
+            # sends it afterwards.
             return self.app(environ, start_response)
         finally:
-            _held.slots = None
-            self.slots.release()
+            # Not held if the request gave its slot up and was stopped before it had one again.
+            if _held.slots is self.slots:
+                _held.slots = None
+                self.slots.release()
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 import threading
 import time
 
+from loyalty_api import slots as slots_module
 from loyalty_api.slots import FairSlots, RequestSlots
 from loyalty_api.transactions import GroupCommit
 from tests.test_group_commit import Recorder, wait_queued
@@ -43,13 +44,13 @@ def test_a_released_slot_goes_to_the_longest_waiter_not_back_to_the_releaser():
 
 
 def test_slots_let_at_most_size_requests_run_and_all_finish():
-    running, most, lock = [0], [0], threading.Lock()
+    running, most, lock, gate = [0], [0], threading.Lock(), threading.Event()
 
     def app(environ, start_response):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.01)
+        assert gate.wait(10)
         with lock:
             running[0] -= 1
         start_response("200 OK", [])
@@ -61,10 +62,54 @@ def test_slots_let_at_most_size_requests_run_and_all_finish():
                for _ in range(8)]
     for thread in threads:
         thread.start()
+    # Two run (held at the gate), six wait for a slot; then all go through.
+    wait_until(waiting(middleware.slots, 6), "the other requests did not wait for a slot")
+    assert running[0] == 2
+    gate.set()
     for thread in threads:
         thread.join(10)
+        assert not thread.is_alive()
     assert bodies == [[b"ok"]] * 8
     assert most[0] == 2
+
+
+def test_a_waiter_stopped_while_waiting_leaves_the_line_and_loses_no_slot():
+    slots = FairSlots(1)
+    slots.acquire()
+    stopped = []
+
+    class Stop(BaseException):
+        pass
+
+    real_lock = threading.Lock
+
+    class InterruptedLock:  # the waiter's hand-over lock, whose wait is interrupted
+        def __init__(self):
+            self.lock, self.calls = real_lock(), 0
+
+        def acquire(self):
+            self.calls += 1
+            if self.calls == 2:
+                raise Stop
+            return self.lock.acquire()
+
+        def release(self):
+            self.lock.release()
+
+    threading_module = slots_module.threading
+    slots_module.threading = type("T", (), {"Lock": InterruptedLock})
+    try:
+        try:
+            slots.acquire()
+        except Stop:
+            stopped.append(True)
+    finally:
+        slots_module.threading = threading_module
+    assert stopped and not slots._waiting
+    slots.release()  # the holder's slot is free again, not handed to the thread that left
+    slots.acquire()
+    slots.release()
+    assert slots._free == 1
 
 
 def test_purchases_waiting_for_their_group_give_their_slot_up():
