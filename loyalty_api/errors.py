@@ -219,10 +219,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(PoolTimeout)
     def handle_pool_exhausted(_err: PoolTimeout):
         # Every pooled connection stayed busy for the pool's timeout: the node is overloaded
-        # (a web worker holds more requests than its pool has connections), not broken.
+        # (more running requests than pooled connections, or long lock waits), not broken.
         log.warning("no database connection free within the pool's timeout")
-        return problem(503, "service_unavailable", "Service Unavailable",
-                       "The service is overloaded; retry shortly", headers={"Retry-After": "1"})
+        return handle_domain_error(ServiceUnavailable("The service is overloaded; retry shortly"))
 
     @app.errorhandler(DBAPIError)
     def handle_database_error(err: DBAPIError):

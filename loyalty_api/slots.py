@@ -1,15 +1,13 @@
 """How many of a web worker's threads run requests at once.
 
-A worker holds more requests than it runs. Single purchases that arrive while its group
-commit is busy wait for the next group (`transactions.GroupCommit`), each in a thread, and
-the more wait together the more one transaction carries: 16 threads a worker gave groups of
-~8 and ~1,000 purchases/s on 2 cores where 4 threads gave groups of ~2 (bench/README.md).
+A worker holds more requests than it runs: many threads (`cli.DEFAULT_THREADS`) so that
+single purchases can wait together for its group commit (`transactions.GroupCommit`).
 But 16 threads all running Python share one interpreter lock, and a thread woken by its
 database answer waits for the lock behind the others: balance reads' p99 went from ~15 to
 ~24 ms. So a request runs in one of a few slots; a thread that only waits for another
 thread's work (a purchase waiting for its group) gives its slot up meanwhile and takes one
 again before it goes on. With 4 slots the reads' p99 came back to ~18 ms, and purchases at a
-fixed 500/s answered faster too (p99 24-25 ms against 32-34 ms).
+fixed 500/s answered faster too (p99 24-25 ms against 32-34 ms, pairs in the same minutes).
 
 A thread waiting for a slot has begun nothing (it holds no connection and no row lock) or is
 done with its group (committed): no slot holder can be waiting for it, so slots cannot
