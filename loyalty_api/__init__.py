@@ -176,7 +176,7 @@ def _register_blueprints() -> None:
 
 
 # Every response carries these unless its route set them otherwise.
-_SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
                      ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"))
 
 
@@ -186,7 +186,7 @@ def _add_security_headers(app: Flask) -> None:
         headers = response.headers
         # One pass over the response's few headers, rather than a setdefault (a scan) for each.
         present = {name.lower() for name, _ in headers.items()}
-        for name, value in _SECURITY_HEADERS:
+        for name, value in SECURITY_HEADERS:
             if name.lower() not in present:
                 headers.add(name, value)
         return response

@@ -165,14 +165,22 @@ class JSONProvider(DefaultJSONProvider):
                 | orjson.OPT_APPEND_NEWLINE)
 
     def response(self, *args: Any, **kwargs: Any) -> flask.Response:
-        if (self.compact is None and self._app.debug) or self.compact is False:
+        if not self.writes_compact():
             return super().response(*args, **kwargs)
-        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(self.compact_body(self._prepare_response_obj(args, kwargs)),
+                                        mimetype=self.mimetype)
+
+    def writes_compact(self) -> bool:
+        """Whether responses are compact (not indented for debugging), as `compact_body` writes them."""
+        return not ((self.compact is None and self._app.debug) or self.compact is False)
+
+    def compact_body(self, obj: Any) -> bytes:
+        """Return the body of a compact JSON response of `obj`."""
         try:
-            body = orjson.dumps(obj, default=self.default, option=self._OPTIONS)
+            return orjson.dumps(obj, default=self.default, option=self._OPTIONS)
         except orjson.JSONEncodeError:
-            return super().response(obj)
-        return self._app.response_class(body, mimetype=self.mimetype)
+            # What the default provider's response writes.
+            return f"{self.dumps(obj, separators=(',', ':'))}\n".encode()
 
 
 # 19 digits in a row: a number orjson might not read exactly (see read_json).

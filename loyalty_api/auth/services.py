@@ -66,21 +66,33 @@ _key_cache: dict[str, tuple[str, Principal, float]] = {}
 
 def authenticate_key(session: Session, key: str) -> Principal:
     """Return the principal of an API key; raise Unauthorized for an unknown or revoked one."""
-    parts = key.split("_", 2)
-    if len(parts) != 3 or parts[0] != _KEY_PREFIX:
-        raise Unauthorized()
-    key_hash = _hash_key(key)
-    cached = _key_cache.get(parts[1])
-    if cached is not None and cached[2] > time.monotonic() and hmac.compare_digest(cached[0], key_hash):
-        return cached[1]
+    prefix, key_hash = _key_parts(key)
+    principal = _remembered_key(prefix, key_hash)
+    if principal is not None:
+        return principal
     row = session.execute(
-        select(ApiKey.id, ApiKey.key_hash, ApiKey.role, ApiKey.revoked_at).where(ApiKey.prefix == parts[1])
+        select(ApiKey.id, ApiKey.key_hash, ApiKey.role, ApiKey.revoked_at).where(ApiKey.prefix == prefix)
     ).first()
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, key_hash):
         raise Unauthorized()
     principal = Principal(role=row.role, key_id=row.id)
-    _key_cache[parts[1]] = (row.key_hash, principal, time.monotonic() + KEY_CACHE_SECONDS)
+    _key_cache[prefix] = (row.key_hash, principal, time.monotonic() + KEY_CACHE_SECONDS)
     return principal
+
+
+def _key_parts(key: str) -> tuple[str, str]:
+    """Return an API key's public prefix and its hash; raise Unauthorized if it is no key."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != _KEY_PREFIX:
+        raise Unauthorized()
+    return parts[1], _hash_key(key)
+
+
+def _remembered_key(prefix: str, key_hash: str) -> Principal | None:
+    cached = _key_cache.get(prefix)
+    if cached is not None and cached[2] > time.monotonic() and hmac.compare_digest(cached[0], key_hash):
+        return cached[1]
+    return None
 
 
 def revoke_api_key(session: Session, prefix: str, now: datetime) -> None:
@@ -134,12 +146,31 @@ def authenticate_member_token(token: str, secret: str, now: datetime) -> Princip
 
 def authenticate(session: Session, authorization: str | None, secret: str, now: datetime) -> Principal:
     """Resolve an `Authorization: Bearer …` header to a principal."""
+    credential = _bearer_credential(authorization)
+    if credential.startswith(f"{_KEY_PREFIX}_"):
+        return authenticate_key(session, credential)
+    return authenticate_member_token(credential, secret, now)
+
+
+def authenticate_without_reading(authorization: str | None, secret: str, now: datetime) -> Principal | None:
+    """Return the principal of a credential that needs no database read to verify: a member
+    token, or an API key verified within KEY_CACHE_SECONDS. None when the key must be read or
+    the credential is refused: `authenticate` then decides, exactly as it always does."""
+    try:
+        credential = _bearer_credential(authorization)
+        if credential.startswith(f"{_KEY_PREFIX}_"):
+            return _remembered_key(*_key_parts(credential))
+        return authenticate_member_token(credential, secret, now)
+    except Unauthorized:
+        return None
+
+
+def _bearer_credential(authorization: str | None) -> str:
+    """Return the credential of an `Authorization: Bearer …` header; raise Unauthorized without one."""
     if not authorization:
         raise Unauthorized()
     scheme, _, credential = authorization.partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
         raise Unauthorized()
-    if credential.startswith(f"{_KEY_PREFIX}_"):
-        return authenticate_key(session, credential)
-    return authenticate_member_token(credential, secret, now)
+    return credential
