@@ -30,7 +30,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "LOYALTY_GROUP_COMMIT_MAX": int(env.get("LOYALTY_GROUP_COMMIT_MAX", 64)),
         # Of a web worker's threads (`loyalty serve --threads`), how many run requests at once;
         # the others wait for a slot, or for their purchase's group. See slots.RequestSlots.
-        "LOYALTY_RUNNING_REQUESTS": int(env.get("LOYALTY_RUNNING_REQUESTS", 4)),
+        "LOYALTY_RUNNING_REQUESTS": int(env.get("LOYALTY_RUNNING_REQUESTS", 2)),
         # What this process is ("web", "jobs", "scheduler", "cli"): PostgreSQL sees it as the
         # connections' application_name, "loyalty <process>", unless the URL sets one.
         "LOYALTY_PROCESS": "web",

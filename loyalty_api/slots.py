@@ -8,6 +8,10 @@ database answer waits for the lock behind the others: balance reads' p99 went fr
 thread's work (a purchase waiting for its group) gives its slot up meanwhile and takes one
 again before it goes on. With 4 slots the reads' p99 came back to ~18 ms, and purchases at a
 fixed 500/s answered faster too (p99 24-25 ms against 32-34 ms, pairs in the same minutes).
+With 2 (the default since), fewer threads wait for the lock still: purchases 10-20 % faster
+and reads' p99 8-10 ms against 11-13 ms with 4 (bench/README.md). One would stop groups from
+forming: a group's leader holds its slot through the transaction, so no purchase could be
+read and parsed to join the next group meanwhile (groups of 1, 385 purchases/s).
 
 A thread waiting for a slot has begun nothing (it holds no connection and no row lock) or is
 done with its group (committed): no slot holder can be waiting for it, so slots cannot
