@@ -1,7 +1,8 @@
 """CPU per balance read (GET /v1/members/{id}) of the service itself, in process, on PostgreSQL.
 
-Reads members through the Flask test client, one at a time, and counts the CPU time of this
-process (routing, authentication, the query, serialization) and of its PostgreSQL backends,
+Reads members through the Flask test client, one at a time, as a web worker answers them
+(balance_reads.BalanceReads in front of Flask), and counts the CPU time of this
+process (authentication, the query, serialization) and of its PostgreSQL backends,
 and the SQL statements and database transactions (a BEGIN and a ROLLBACK each) per read.
 Like bench.purchase_cpu it measures no HTTP server nor load generator, so it stays
 meaningful on a busy machine: the figure to watch when changing the read path. Members:
@@ -26,6 +27,7 @@ from bench.ingest import backend_pids, cpu_seconds, machine_busy_seconds
 from bench.purchase_cpu import recreate
 from loyalty_api import create_app
 from loyalty_api.auth.services import create_api_key
+from loyalty_api.balance_reads import BalanceReads
 from loyalty_api.extensions import db
 from loyalty_api.timeutil import isoformat, utcnow
 from loyalty_api.transactions import STATEMENT_ENGINE, run_write
@@ -107,6 +109,8 @@ def main() -> None:
         key = run_write(lambda session: create_api_key(session, "admin", utcnow()))
         headers = {"Authorization": f"Bearer {key}"}
         members = set_up(client, headers)
+        # As a web worker answers it (cli.web_app): before Flask, once the key is remembered.
+        BalanceReads.install(app)
 
         def on_statement(*_args):
             counters["statements"] += 1
