@@ -123,7 +123,37 @@ def test_a_database_error_goes_to_flask(reads, monkeypatch):
             raise OperationalError("SELECT 1", {}, ConnectionError("connection lost"))
 
     monkeypatch.setattr(live_app.wsgi_app, "engine", LostDatabase())
+    monkeypatch.setattr(live_app.wsgi_app, "_open", [])
     seen.clear()
     # Flask reads again on its own connection, and answers.
     assert _answer(client, f"/v1/members/{member_id}", keys["admin"])[0] == 200
     assert len(seen) == 1
+
+
+def test_a_connection_kept_between_reads_sees_each_new_write(reads):
+    live_app, keys, _flask_alone, seen, member_id, _other_id, _token = reads
+    client = ApiClient(live_app.test_client(), keys, "admin")
+    def points(balance):
+        return balance["available"], balance["pending"], balance["lifetime_earned"]
+
+    before = points(client.get(f"/v1/members/{member_id}").json["balance"])
+    assert len(live_app.wsgi_app._open) == 1
+    r = client.post("/v1/purchases", json=purchase_body(member_id, "conc-read-later", 10000))
+    assert r.status_code == 201, r.json
+    seen.clear()
+    after = points(client.get(f"/v1/members/{member_id}").json["balance"])
+    assert seen == [] and after == points(r.json["balance"]) != before
+
+
+def test_a_kept_connection_that_broke_is_dropped_and_flask_answers(reads):
+    live_app, keys, _flask_alone, seen, member_id, _other_id, _token = reads
+    client = live_app.test_client()
+    _answer(client, f"/v1/members/{member_id}", keys["admin"])
+    [kept] = live_app.wsgi_app._open
+    kept.connection.dbapi_connection.close()  # as a database restart leaves it
+    seen.clear()
+    assert _answer(client, f"/v1/members/{member_id}", keys["admin"])[0] == 200
+    assert len(seen) == 1 and live_app.wsgi_app._open == []
+    seen.clear()
+    assert _answer(client, f"/v1/members/{member_id}", keys["admin"])[0] == 200
+    assert seen == [] and len(live_app.wsgi_app._open) == 1
