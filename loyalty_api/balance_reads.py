@@ -11,20 +11,20 @@ A request is answered here only when the answer is exactly the route's
 (`members.routes.get_member`): a GET of one member id, by a credential verified without the
 database (an API key remembered by this process, a member token) that may read it, of a
 member that exists; the same body, status and headers. Anything else (another path or
-method, a credential to read or to refuse, an unknown member, a database error) goes to
-Flask untouched, which answers it as it always does. tests/test_balance_reads.py holds the
+method, a credential to read or to refuse, an unknown member, a database error, any
+failure) goes to Flask untouched, which answers it as it always does. tests/test_balance_reads.py holds the
 two answers equal.
 """
 
+import time
 from collections.abc import Callable
 
 from flask import Flask
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import SECURITY_HEADERS
 from .auth.services import authenticate_without_reading
-from .errors import DomainError, NotFound
+from .errors import NotFound
 from .members.schemas import dump_member
 from .members.services import get_member
 from .timeutil import utcnow
@@ -41,11 +41,15 @@ class BalanceReads:
         self.engine = app.extensions.get(STATEMENT_ENGINE)
         self.json = app.json
         self.secret = app.config["SECRET_KEY"]
-        # Connections of the statement engine kept open between reads, at most one per read
-        # running at once: a checkout from the pool and back (SQLAlchemy's Connection, the pool's
+        # Connections of the statement engine kept open between reads, each with when it was
+        # last used: a checkout from the pool and back (SQLAlchemy's Connection, the pool's
         # bookkeeping) cost 16 % of a read's CPU here. In autocommit mode, each read sees the
-        # data committed when it runs, as on a fresh connection.
-        self._open: list[Connection] = []
+        # data committed when it runs, as on a fresh connection. At most one per running
+        # request is kept (the pool keeps the rest for Flask's reads), and one idle longer than
+        # the pool would ping goes back to it, to be pinged on the next checkout.
+        self._open: list[tuple[Connection, float]] = []
+        self._keep = app.config["LOYALTY_RUNNING_REQUESTS"]
+        self._idle_seconds = app.config["LOYALTY_POOL_PING_IDLE"]
 
     @classmethod
     def install(cls, app: Flask) -> None:
@@ -55,7 +59,10 @@ class BalanceReads:
             app.wsgi_app = cls(app.wsgi_app, app)
 
     def __call__(self, environ, start_response):
-        body = self._member(environ)
+        try:
+            body = self._member(environ)
+        except Exception:  # Flask meets the same failure, and answers and logs it as any route's
+            body = None
         if body is None:
             return self.next_app(environ, start_response)
         start_response("200 OK", [("Content-Type", self.json.mimetype), ("Content-Length", str(len(body))),
@@ -76,24 +83,42 @@ class BalanceReads:
             return None
         try:
             view = self._read(member_id)
-        except (DomainError, SQLAlchemyError):
+        except NotFound:
             return None
         return self.json.compact_body(dump_member(view))
 
     def _read(self, member_id: str) -> dict:
-        try:
-            connection = self._open.pop()  # list.pop and append are atomic: no lock needed
-        except IndexError:
-            connection = self.engine.connect()
+        connection = self._connection()
         try:
             view = get_member(connection, member_id)
         except NotFound:
-            self._open.append(connection)
+            self._keep_open(connection)
             raise
         except BaseException:
             # A broken connection (the database restarted while it sat here) goes back to the
             # pool, which replaces it; Flask answers this request on another.
             connection.close()
             raise
-        self._open.append(connection)
+        self._keep_open(connection)
         return view
+
+    def _connection(self) -> Connection:
+        while True:
+            try:
+                connection, used_at = self._open.pop()  # list.pop and append are atomic: no lock needed
+            except IndexError:
+                return self.engine.connect()
+            if time.monotonic() - used_at <= self._idle_seconds:
+                return connection
+            connection.close()
+
+    def _keep_open(self, connection: Connection) -> None:
+        if len(self._open) < self._keep:
+            self._open.append((connection, time.monotonic()))
+        else:
+            connection.close()
+
+    def close(self) -> None:
+        """Give the kept connections back to the pool."""
+        while self._open:
+            self._open.pop()[0].close()

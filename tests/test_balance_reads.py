@@ -5,6 +5,10 @@ savepoint harness): an app on the test database whose rows are committed and del
 (`live`). Each answer of the middleware is compared with Flask's own to the same request.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 from sqlalchemy.exc import OperationalError
 from werkzeug.test import Client
@@ -45,7 +49,8 @@ def reads(live):  # noqa: F811 (the fixture imported above)
         assert r.status_code == 201, r.json
     other_id = admin.post("/v1/members", json={"external_id": "conc-read-other"}).json["id"]
     token = admin.post(f"/v1/members/{member_id}/tokens").json["token"]
-    return live_app, keys, Client(flask_app), seen, member_id, other_id, token
+    yield live_app, keys, Client(flask_app), seen, member_id, other_id, token
+    live_app.wsgi_app.close()
 
 
 def _answer(client, path, credential=None, method="GET"):
@@ -149,7 +154,7 @@ def test_a_kept_connection_that_broke_is_dropped_and_flask_answers(reads):
     live_app, keys, _flask_alone, seen, member_id, _other_id, _token = reads
     client = live_app.test_client()
     _answer(client, f"/v1/members/{member_id}", keys["admin"])
-    [kept] = live_app.wsgi_app._open
+    [(kept, _)] = live_app.wsgi_app._open
     kept.connection.dbapi_connection.close()  # as a database restart leaves it
     seen.clear()
     assert _answer(client, f"/v1/members/{member_id}", keys["admin"])[0] == 200
@@ -157,3 +162,34 @@ def test_a_kept_connection_that_broke_is_dropped_and_flask_answers(reads):
     seen.clear()
     assert _answer(client, f"/v1/members/{member_id}", keys["admin"])[0] == 200
     assert seen == [] and len(live_app.wsgi_app._open) == 1
+
+
+def test_no_more_connections_are_kept_than_requests_run_and_none_past_the_idle_ping(reads, monkeypatch):
+    live_app, keys, _flask_alone, seen, member_id, _other_id, _token = reads
+    client = live_app.test_client()
+    middleware = live_app.wsgi_app
+    _answer(client, f"/v1/members/{member_id}", keys["admin"])
+    middleware.close()
+    # As many reads as requests run at once (the slots), and one more, end together.
+    connections = [middleware.engine.connect() for _ in range(middleware._keep + 1)]
+    for connection in connections:
+        middleware._keep_open(connection)
+    assert [c for c, _ in middleware._open] == connections[:-1] and connections[-1].closed
+    # A connection idle longer than the pool's ping interval goes back to the pool, and the
+    # next read checks one out (which the pool pings).
+    monkeypatch.setattr(middleware, "_idle_seconds", -1.0)
+    kept = [c for c, _ in middleware._open]
+    seen.clear()
+    assert _answer(client, f"/v1/members/{member_id}", keys["admin"])[0] == 200
+    assert seen == [] and all(c.closed for c in kept)
+    [(fresh, _)] = middleware._open
+    assert fresh not in kept
+
+
+def test_web_workers_answer_balance_reads_before_flask_inside_their_slots(database_url):
+    code = ("from loyalty_api.cli import web_app; app = web_app(); "
+            "print(type(app.wsgi_app).__name__, type(app.wsgi_app.app).__name__)")
+    env = {**os.environ, "LOYALTY_DATABASE_URL": database_url, "LOYALTY_SECRET_KEY": "k" * 48}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["RequestSlots", "BalanceReads"]
