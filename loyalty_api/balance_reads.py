@@ -79,21 +79,18 @@ class BalanceReads:
         if not (member_id.isascii() and member_id.isalnum()):
             return None
         principal = authenticate_without_reading(environ.get("HTTP_AUTHORIZATION"), self.secret, utcnow())
-        if principal is None or not principal.may("members:read") or principal.member_id not in (None, member_id):
+        if principal is None or principal.refusal("members:read", member_id) is not None:
             return None
-        try:
-            view = self._read(member_id)
-        except NotFound:
-            return None
-        return self.json.compact_body(dump_member(view))
+        view = self._read(member_id)
+        return None if view is None else self.json.compact_body(dump_member(view))
 
-    def _read(self, member_id: str) -> dict:
+    def _read(self, member_id: str) -> dict | None:
+        """The member's view, or None for an unknown member."""
         connection = self._connection()
         try:
             view = get_member(connection, member_id)
         except NotFound:
-            self._keep_open(connection)
-            raise
+            view = None
         except BaseException:
             # A broken connection (the database restarted while it sat here) goes back to the
             # pool, which replaces it; Flask answers this request on another.

@@ -11,7 +11,7 @@ import jwt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import MemberNotActive, NotFound, Unauthorized, ValidationFailed
+from ..errors import DomainError, Forbidden, MemberNotActive, NotFound, Unauthorized, ValidationFailed
 from ..ids import new_id
 from .models import ApiKey
 
@@ -38,6 +38,22 @@ class Principal:
 
     def may(self, scope: str) -> bool:
         return scope in ROLE_SCOPES[self.role]
+
+    def refusal(self, scope: str, member_id: str | None, *, member_route: bool = False) -> DomainError | None:
+        """Why this credential may not act with `scope` on `member_id` (a route's, if any), or None.
+
+        A member token may act only for its own member: another member is not found, as if
+        it did not exist, and a route without a member is refused unless it is a
+        `member_route` (which checks ownership itself).
+        """
+        if not self.may(scope):
+            return Forbidden()
+        if self.member_id is not None:
+            if member_id is None and not member_route:
+                return Forbidden()
+            if member_id is not None and member_id != self.member_id:
+                return NotFound("No such member")
+        return None
 
 
 def _hash_key(key: str) -> str:
