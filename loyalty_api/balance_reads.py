@@ -22,11 +22,11 @@ from collections.abc import Callable
 from flask import Flask
 from sqlalchemy.engine import Connection
 
-from . import SECURITY_HEADERS
 from .auth.services import authenticate_without_reading
 from .errors import NotFound
 from .members.schemas import dump_member
 from .members.services import get_member
+from .responses import answer_before_flask
 from .timeutil import utcnow
 from .transactions import STATEMENT_ENGINE
 
@@ -65,9 +65,7 @@ class BalanceReads:
             body = None
         if body is None:
             return self.next_app(environ, start_response)
-        start_response("200 OK", [("Content-Type", self.json.mimetype), ("Content-Length", str(len(body))),
-                                  *SECURITY_HEADERS])
-        return [body]
+        return answer_before_flask(start_response, 200, body, self.json.mimetype)
 
     def _member(self, environ) -> bytes | None:
         """The body of the route's 200 answer, or None if Flask must answer."""

@@ -54,9 +54,11 @@ def serve(host, port, workers, threads, server):
 def web_app():
     """The application as a web worker builds it (the servers' factory)."""
     from .balance_reads import BalanceReads
+    from .purchase_posts import PurchasePosts
 
     _return_freed_memory()
     app = _app("web", LOYALTY_MIGRATIONS=False)
+    PurchasePosts.install(app)
     BalanceReads.install(app)
     app.wsgi_app = RequestSlots(app.wsgi_app, app.config["LOYALTY_RUNNING_REQUESTS"])
     # What start-up built (the app, SQLAlchemy's and marshmallow's metadata, the modules)

@@ -186,10 +186,11 @@ def test_no_more_connections_are_kept_than_requests_run_and_none_past_the_idle_p
     assert fresh not in kept
 
 
-def test_web_workers_answer_balance_reads_before_flask_inside_their_slots(database_url):
+def test_web_workers_answer_balance_reads_and_purchases_before_flask_inside_their_slots(database_url):
     code = ("from loyalty_api.cli import web_app; app = web_app(); "
-            "print(type(app.wsgi_app).__name__, type(app.wsgi_app.app).__name__)")
+            "print(type(app.wsgi_app).__name__, type(app.wsgi_app.app).__name__, "
+            "type(app.wsgi_app.app.next_app).__name__, app.wsgi_app.app.next_app.next_app.__name__)")
     env = {**os.environ, "LOYALTY_DATABASE_URL": database_url, "LOYALTY_SECRET_KEY": "k" * 48}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-2:] == ["RequestSlots", "BalanceReads"]
+    assert done.stdout.split()[-4:] == ["RequestSlots", "BalanceReads", "PurchasePosts", "wsgi_app"]

@@ -105,12 +105,14 @@ def test_serve_answers_over_http_and_stops_on_sigterm(tmp_path, server_name):
 def test_a_web_worker_freezes_what_start_up_built(tmp_path):
     """The cyclic collector of a worker leaves the application it built at start-up alone."""
     code = ("import gc; from loyalty_api.cli import web_app; app = web_app(); "
-            "print(gc.get_freeze_count(), any(o is app for o in gc.get_objects()), type(app.wsgi_app.app).__name__)")
+            "print(gc.get_freeze_count(), any(o is app for o in gc.get_objects()), type(app.wsgi_app.app).__name__, "
+            "app.wsgi_app.app.next_app.__name__)")
     env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite:///{tmp_path / 'frozen.db'}",
            "LOYALTY_SECRET_KEY": "k" * 48}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
-    frozen, app_collectable, behind_slots = done.stdout.split()[-3:]
+    frozen, app_collectable, behind_slots, behind_posts = done.stdout.split()[-4:]
     assert int(frozen) > 10_000 and app_collectable == "False"  # the app itself is frozen
-    # On SQLite (no statement engine) balance reads go through Flask: nothing in front of it.
-    assert behind_slots == "method"
+    # On SQLite (no statement engine) balance reads go through Flask; purchases are applied
+    # before it on either database.
+    assert (behind_slots, behind_posts) == ("PurchasePosts", "wsgi_app")

@@ -4,6 +4,7 @@ from marshmallow import ValidationError
 
 from ..auth.decorators import require
 from ..errors import DomainError, ValidationFailed, flatten_messages
+from ..idempotency import Outcome
 from ..responses import created, created_as_is
 from ..timeutil import utcnow
 from ..transactions import GroupCommit, run_read, run_write
@@ -21,7 +22,9 @@ from .schemas import (
 )
 
 blp = Blueprint("purchases", __name__, url_prefix="/v1", description="Purchases, refunds and events")
-_purchase_schema = PurchaseCreateSchema()
+# The one instance every purchase body is loaded with: by the route, each entry of a batch,
+# and the purchase posts answered before Flask (purchase_posts.py).
+purchase_schema = PurchaseCreateSchema()
 
 
 def _apply_purchases_together(requests: list[tuple[dict, object]]) -> list:
@@ -39,14 +42,19 @@ def _set_up_group_commit(state):
 
 @blp.route("/purchases", methods=["POST"])
 @require("purchases")
-@blp.arguments(PurchaseCreateSchema())
+@blp.arguments(purchase_schema)
 @blp.response(201, PurchaseResultSchema)
 @blp.alt_response(200, schema=PurchaseResultSchema, description="A replay of an earlier identical request")
 def create_purchase(data):
+    return created_as_is(apply_purchase(data))
+
+
+def apply_purchase(data: dict) -> Outcome:
+    """Apply a purchase with those posted meanwhile to this worker (group commit); raise its refusal."""
     result = current_app.extensions["purchases_group_commit"].submit((data, utcnow()))
     if isinstance(result, DomainError):
         raise result
-    return created_as_is(result)
+    return result
 
 
 @blp.route("/purchases/batch", methods=["POST"])
@@ -59,7 +67,7 @@ def create_purchases_batch(data):
         transaction_id = raw.get("transaction_id")
         transaction_id = transaction_id if isinstance(transaction_id, str) else None
         try:
-            entries.append(services.BatchEntry(transaction_id, data=_purchase_schema.load(raw)))
+            entries.append(services.BatchEntry(transaction_id, data=purchase_schema.load(raw)))
         except ValidationError as err:
             refusal = ValidationFailed("Some fields are not valid", flatten_messages(err.messages))
             entries.append(services.BatchEntry(transaction_id, refusal=refusal))
