@@ -1,7 +1,8 @@
 """CPU per purchase of the service itself, in process, on PostgreSQL.
 
-Posts purchases through the Flask test client, one at a time, and counts the CPU time of
-this process (the service's Python: routing, parsing, rules, SQLAlchemy, psycopg), the CPU
+Posts purchases through the Flask test client, one at a time, to the application as a web
+worker runs it (purchase_posts.PurchasePosts in front of Flask), and counts the CPU time of
+this process (the service's Python: parsing, rules, SQLAlchemy, psycopg), the CPU
 time of its PostgreSQL backends, and the SQL statements per purchase. Unlike bench.ingest
 it measures no HTTP server nor load generator, so it stays meaningful on a busy machine:
 the figure to watch when changing the purchase path. Run: `python -m bench.purchase_cpu`
@@ -22,6 +23,7 @@ from bench.ingest import CATEGORIES, backend_pids, bench_rules, cpu_seconds
 from loyalty_api import create_app
 from loyalty_api.auth.services import create_api_key
 from loyalty_api.extensions import db
+from loyalty_api.purchase_posts import PurchasePosts
 from loyalty_api.timeutil import utcnow
 from loyalty_api.transactions import run_write
 
@@ -64,6 +66,7 @@ def main() -> None:
         assert client.post("/v1/rules", json=rule, headers=headers).status_code == 201
     members = [client.post("/v1/members", json={"external_id": f"cpu-{n}"}, headers=headers).json["id"]
                for n in range(MEMBERS)]
+    PurchasePosts.install(app)  # the key is remembered now: Flask verified it above
     for n in range(WARMUP):
         assert client.post("/v1/purchases", json=purchase(10**6 + n, members[n % MEMBERS]),
                            headers=headers).status_code == 201

@@ -11,8 +11,8 @@ A request is answered here only when the answer is exactly the route's
 (`members.routes.get_member`): a GET of one member id, by a credential verified without the
 database (an API key remembered by this process, a member token) that may read it, of a
 member that exists; the same body, status and headers. Anything else (another path or
-method, a credential to read or to refuse, an unknown member, a database error, any
-failure) goes to Flask untouched, which answers it as it always does. tests/test_balance_reads.py holds the
+method, a Host Flask refuses, a credential to read or to refuse, an unknown member, a
+database error, any failure) goes to Flask untouched, which answers it as it always does. tests/test_balance_reads.py holds the
 two answers equal.
 """
 
@@ -23,10 +23,10 @@ from flask import Flask
 from sqlalchemy.engine import Connection
 
 from .auth.services import authenticate_without_reading
+from .before_flask import answer, reaches_routes
 from .errors import NotFound
 from .members.schemas import dump_member
 from .members.services import get_member
-from .responses import answer_before_flask
 from .timeutil import utcnow
 from .transactions import STATEMENT_ENGINE
 
@@ -37,7 +37,7 @@ class BalanceReads:
     """WSGI middleware in front of the Flask application `app` (whose wsgi_app is `next_app`)."""
 
     def __init__(self, next_app: Callable, app: Flask) -> None:
-        self.next_app = next_app
+        self.next_app, self.app = next_app, app
         self.engine = app.extensions.get(STATEMENT_ENGINE)
         self.json = app.json
         self.secret = app.config["SECRET_KEY"]
@@ -65,7 +65,7 @@ class BalanceReads:
             body = None
         if body is None:
             return self.next_app(environ, start_response)
-        return answer_before_flask(start_response, 200, body, self.json.mimetype)
+        return answer(start_response, 200, body, self.json.mimetype)
 
     def _member(self, environ) -> bytes | None:
         """The body of the route's 200 answer, or None if Flask must answer."""
@@ -74,7 +74,7 @@ class BalanceReads:
             return None
         member_id = path[len(_PATH):]
         # Ids are ASCII letters and digits; anything else is Flask's to decode and refuse.
-        if not (member_id.isascii() and member_id.isalnum()):
+        if not (member_id.isascii() and member_id.isalnum()) or not reaches_routes(self.app, environ):
             return None
         principal = authenticate_without_reading(environ.get("HTTP_AUTHORIZATION"), self.secret, utcnow())
         if principal is None or principal.refusal("members:read", member_id) is not None:

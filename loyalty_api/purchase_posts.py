@@ -2,33 +2,37 @@
 
 Point-of-sale systems post purchases all day, and Flask's handling around the route (its
 request and application contexts, URL matching, webargs' parsing machinery, the response
-object, the hooks) cost ~0.3 ms of the ~1.1 ms of web-worker CPU a purchase took under load:
-1,168-1,248 purchases/s from 32 tills against 786-917/s in the same minutes (bench/README.md).
+object, the hooks) cost about a quarter of the web-worker CPU of a purchase under load:
+0.70-0.80 ms a purchase here against 1.1-1.2 ms through Flask, and 1,051-1,308 purchases/s
+from 32 tills against 786-917/s in the same minutes (bench/README.md).
 
 A purchase is applied here only as the route (`purchases.routes.create_purchase`) applies it:
-a POST of a JSON body (application/json, with a Content-Length within the limit) that
-`purchases.routes.purchase_schema` loads, by a credential verified without the database (an
-API key this process remembers) that may post purchases. The body is parsed and checked as
-Flask's parser does (`extensions.load_strict_json`, `refuse_unstorable_body`), the purchase
-goes to the same group commit (`apply_purchase`), and the answer is `responses.created`'s,
-written by the same JSON provider, with the same headers.
+a POST of a JSON body (application/json, with a Content-Length within the limit, to a Host
+Flask routes) that `purchases.routes.purchase_schema` loads, by a credential verified
+without the database (an API key this process remembers) that may post purchases. The body
+is parsed and checked as Flask's parser does (`extensions.load_strict_json`,
+`refuse_unstorable_body`), the purchase goes to the same group commit
+(`purchases.routes.apply_purchase`), and the answer is `responses.created`'s, written by the
+same JSON provider, with the same headers (`before_flask.answer`).
 
 Anything else goes to Flask untouched (the body handed back as read), which answers it as
 it always does: another path or method, a body to refuse, a credential to read or to refuse,
-any failure. So does a purchase the service refuses (an unknown or inactive member, items
-that do not add up, a transaction id reused with another body): Flask applies it again and
-answers the refusal. A refusal writes nothing, so applying it twice changes nothing, and
-problem+json answers stay Flask's alone. tests/test_purchase_posts.py holds the answers equal.
+any failure to parse. A purchase the service refused, or whose transaction failed, goes to
+Flask too, with the refusal or failure (`NOT_APPLIED`): the route raises it instead of
+applying the purchase again, so Flask answers (and logs) it once, as problem+json.
+tests/test_purchase_posts.py holds the answers equal.
 """
 
 import io
 
 from flask import Flask
+from werkzeug.wsgi import get_content_length
 
 from .auth.services import authenticate_without_reading
+from .before_flask import answer, reaches_routes
 from .extensions import load_strict_json, refuse_unstorable_body
-from .purchases.routes import apply_purchase, purchase_schema
-from .responses import answer_before_flask, created
+from .purchases.routes import NOT_APPLIED, apply_purchase, purchase_schema
+from .responses import created
 from .timeutil import utcnow
 
 _PATH = "/v1/purchases"
@@ -53,21 +57,29 @@ class PurchasePosts:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != _PATH:
             return self.next_app(environ, start_response)
         try:
-            answer = self._apply(environ)
-        except Exception:  # a refusal or a failure: Flask meets it again, and answers (and logs) it
-            answer = None
-        if answer is None:
+            data = self._purchase(environ)
+        except Exception:  # a body to refuse, or a failure: Flask meets it again, and answers it
+            data = None
+        if data is None:
             return self.next_app(environ, start_response)
-        body, status, *headers = created(answer)
-        return answer_before_flask(start_response, status, self.json.compact_body(body), self.json.mimetype,
-                                   headers[0].items() if headers else ())
+        try:
+            with self.app.app_context():
+                outcome = apply_purchase(data)
+        except Exception as err:  # refused, or the transaction failed: nothing was written
+            environ[NOT_APPLIED] = err
+            return self.next_app(environ, start_response)
+        body, status, headers = created(outcome)
+        return answer(start_response, status, self.json.compact_body(body), self.json.mimetype, headers.items())
 
-    def _apply(self, environ):
-        """The purchase's Outcome, or None if Flask must answer."""
+    def _purchase(self, environ) -> dict | None:
+        """The purchase the body holds, loaded as the route loads it; None if Flask must read
+        the request. Raises what refuses the body (Flask then refuses it the same way)."""
         if environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
             return None
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        if not 0 < length <= self.limit:  # none (chunked): Flask reads it; too long: Flask refuses it
+        # As werkzeug reads it: none for a chunked body (Flask reads it to its end), a value
+        # that is not plain digits read as 0.
+        length = get_content_length(environ)
+        if not length or (self.limit is not None and length > self.limit) or not reaches_routes(self.app, environ):
             return None
         principal = authenticate_without_reading(environ.get("HTTP_AUTHORIZATION"), self.secret, utcnow())
         if principal is None or principal.refusal("purchases", None) is not None:
@@ -78,6 +90,4 @@ class PurchasePosts:
             return None
         data = load_strict_json(raw)
         refuse_unstorable_body(raw, data)
-        data = purchase_schema.load(data)
-        with self.app.app_context():
-            return apply_purchase(data)
+        return purchase_schema.load(data)

@@ -1,21 +1,17 @@
 """Shaping a write's outcome into an HTTP answer."""
 
-from collections.abc import Callable, Iterable
-
 from flask import jsonify
-from werkzeug.http import HTTP_STATUS_CODES
 
-from . import SECURITY_HEADERS
 from .idempotency import Outcome
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
-def created(outcome: Outcome):
+def created(outcome: Outcome) -> tuple[dict, int, dict[str, str]]:
     """201 for a new write; 200 with `Idempotent-Replayed: true` for a replay."""
     if outcome.replayed:
         return outcome.body, 200, {REPLAYED_HEADER: "true"}
-    return outcome.body, 201
+    return outcome.body, 201, {}
 
 
 def created_as_is(outcome: Outcome):
@@ -28,11 +24,3 @@ def created_as_is(outcome: Outcome):
     body, *rest = created(outcome)
     return (jsonify(body), *rest)
 
-
-def answer_before_flask(start_response: Callable, status: int, body: bytes, mimetype: str,
-                        headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
-    """Send a JSON answer from WSGI middleware in front of Flask, with the status line and
-    headers Flask sends with the same body (the security headers its after_request adds)."""
-    start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}",
-                   [("Content-Type", mimetype), ("Content-Length", str(len(body))), *headers, *SECURITY_HEADERS])
-    return [body]

@@ -14,6 +14,7 @@ from werkzeug.test import Client
 from loyalty_api import purchase_posts
 from loyalty_api.auth.services import create_api_key
 from loyalty_api.purchase_posts import PurchasePosts
+from loyalty_api.transactions import GroupCommit
 
 from .conftest import NOW
 from .helpers import balance, make_member, make_rule, purchase_body
@@ -113,25 +114,50 @@ def test_what_only_the_route_can_answer_goes_to_flask(posts, keys, api):
     assert conflict == _post(flask_alone, {**good, "total": 20000}, keys["pos"])
 
 
-def test_a_body_cut_short_or_without_a_length_is_read_by_flask(posts, keys):
+def test_a_body_cut_short_or_of_no_plain_length_is_read_by_flask(posts, keys):
     front, flask_alone, seen, member_id = posts
     raw = json.dumps(purchase_body(member_id, "cut")).encode()
-    def short():
-        return {"input_stream": io.BytesIO(raw[:20]), "content_length": len(raw)}
+    # Whole JSON, but the client went away before the two spaces its length counts.
+    cases = [{"input_stream": raw, "environ_overrides": {"CONTENT_LENGTH": str(len(raw) + 2)}},
+             {"input_stream": raw, "environ_overrides": {"CONTENT_LENGTH": f"+{len(raw)}"}},
+             {"input_stream": raw, "environ_overrides": {"CONTENT_LENGTH": "10" + "0" * 9}},
+             {"input_stream": raw, "environ_overrides": {"HTTP_TRANSFER_ENCODING": "chunked"}},
+             {"input_stream": raw, "environ_overrides": {"HTTP_HOST": "till..example"}}]
+    for case in cases:
+        def request(client, case=case):
+            options = {**case, "input_stream": io.BytesIO(case["input_stream"])}
+            return _post(client, b"", keys["pos"], **options)
 
-    answer = _post(front, b"", keys["pos"], **short())
-    assert seen == ["/v1/purchases"] and answer[0] == 422, answer
-    assert answer == _post(flask_alone, b"", keys["pos"], **short())
-    seen.clear()
+        seen.clear()
+        answer = request(front)
+        assert seen == ["/v1/purchases"], case
+        assert answer == request(flask_alone), case
     # A chunked body comes without a Content-Length (the server has ended the stream).
     chunked = {"input_stream": io.BytesIO(raw), "headers": {"Authorization": f"Bearer {keys['pos']}"},
                "environ_overrides": {"CONTENT_LENGTH": "", "wsgi.input_terminated": True}}
+    seen.clear()
     response = front.open("/v1/purchases", method="POST", content_type=JSON, **chunked)
     assert seen == ["/v1/purchases"] and response.status_code == 201, response.get_data()
 
 
-def test_a_key_not_yet_remembered_and_a_failure_are_left_to_flask_and_applied_once(posts, keys, api, session,
-                                                                                   monkeypatch):
+def test_a_refused_purchase_is_applied_once_and_answered_by_flask(posts, keys, monkeypatch):
+    front, flask_alone, seen, member_id = posts
+    applied = []
+    submit = GroupCommit.submit
+
+    def counted(self, item):
+        applied.append(item[0]["transaction_id"])
+        return submit(self, item)
+
+    monkeypatch.setattr(GroupCommit, "submit", counted)
+    body = purchase_body(member_id, "over", items=[{"sku": "a", "quantity": 1, "unit_price": 1}])
+    answer = _post(front, body, keys["pos"])
+    assert answer[0] == 422 and seen == ["/v1/purchases"] and applied == ["over"]
+    assert answer == _post(flask_alone, body, keys["pos"])
+
+
+def test_a_key_not_yet_remembered_is_left_to_flask_and_a_failure_answered_by_it_unapplied(
+        posts, keys, api, session, monkeypatch):
     front, _flask_alone, seen, member_id = posts
     new_key = create_api_key(session, "pos", NOW)
     session.commit()
@@ -139,12 +165,15 @@ def test_a_key_not_yet_remembered_and_a_failure_are_left_to_flask_and_applied_on
     status, _, body = _post(front, purchase_body(member_id, "new-key"), new_key)
     assert status == 201 and seen == ["/v1/purchases"]
     earned = json.loads(body)["points"]
+    assert balance(api, member_id)["available"] == before + earned
 
     def fail(_data):
         raise OperationalError("SELECT 1", {}, Exception("connection lost"))
 
     monkeypatch.setattr(purchase_posts, "apply_purchase", fail)
     seen.clear()
-    status, _, body = _post(front, purchase_body(member_id, "after-failure"), keys["pos"])
-    assert status == 201 and seen == ["/v1/purchases"], body
-    assert balance(api, member_id)["available"] == before + earned + json.loads(body)["points"]
+    status, headers, body = _post(front, purchase_body(member_id, "lost"), keys["pos"])
+    assert status == 503 and seen == ["/v1/purchases"] and ("Retry-After", "1") in headers, body
+    assert balance(api, member_id)["available"] == before + earned
+    monkeypatch.undo()
+    assert _post(front, purchase_body(member_id, "lost"), keys["pos"])[0] == 201

@@ -1,4 +1,4 @@
-from flask import current_app
+from flask import current_app, request
 from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
@@ -25,6 +25,9 @@ blp = Blueprint("purchases", __name__, url_prefix="/v1", description="Purchases,
 # The one instance every purchase body is loaded with: by the route, each entry of a batch,
 # and the purchase posts answered before Flask (purchase_posts.py).
 purchase_schema = PurchaseCreateSchema()
+# Set on a request whose purchase was refused, or whose transaction failed, before Flask
+# (purchase_posts.py): the route raises that error rather than apply the purchase again.
+NOT_APPLIED = "loyalty.purchase_not_applied"
 
 
 def _apply_purchases_together(requests: list[tuple[dict, object]]) -> list:
@@ -46,6 +49,9 @@ def _set_up_group_commit(state):
 @blp.response(201, PurchaseResultSchema)
 @blp.alt_response(200, schema=PurchaseResultSchema, description="A replay of an earlier identical request")
 def create_purchase(data):
+    not_applied = request.environ.get(NOT_APPLIED)
+    if not_applied is not None:
+        raise not_applied
     return created_as_is(apply_purchase(data))
 
 
