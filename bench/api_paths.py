@@ -82,17 +82,20 @@ def run_batches(port: int, key: str, member_ids: list[str], *, clients: int, bat
     refused, lock, next_call = [0], threading.Lock(), iter(range(batches))
 
     def work() -> None:
-        client = Client(port, key)
         while True:
             with lock:
                 call = next(next_call, None)
             if call is None:
                 break
+            # A connection per call, each accepted by whichever web worker is free: two kept
+            # connections landed on one worker in about one run of three, whose one core then
+            # capped the rate (busiest_worker_share 1.0).
+            client = Client(port, key)
             result = client.expect("POST", "/v1/purchases/batch", bodies[call], 200)
+            client.close()
             bad = sum(1 for entry in result["results"] if entry["status"] != 201)
             with lock:
                 refused[0] += bad
-        client.close()
 
     started = time.monotonic()
     threads = [threading.Thread(target=work) for _ in range(clients)]
@@ -156,8 +159,8 @@ def main() -> None:
                           figure("batch_refused_entries", refused, "entries", "0", refused == 0),
                           figure("batch_server_cpu_ms", batch_cpu["server_ms"], "ms per purchase"),
                           figure("batch_postgres_cpu_ms", batch_cpu["postgres_ms"], "ms per purchase"),
-                          # With 2 clients on 2 workers, both connections may land on one worker,
-                          # whose one core (the GIL) then caps the rate: see bench/README.md.
+                          # Most of the batches on one worker would cap the rate at its one core
+                          # (the GIL): see bench/README.md.
                           figure("batch_busiest_worker_share", batch_cpu["busiest_worker_share"], "x",
                                  "~ 1/workers (connections spread)", batch_cpu["busiest_worker_share"] <= 0.65),
                           figure("worker_rss_mb_max_after_batches", max(workers_rss), "MB", "< 150",
