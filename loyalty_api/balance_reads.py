@@ -12,8 +12,8 @@ A request is answered here only when the answer is exactly the route's
 database (an API key remembered by this process, a member token) that may read it, of a
 member that exists; the same body, status and headers. Anything else (another path or
 method, a Host Flask refuses, a credential to read or to refuse, an unknown member, a
-database error, any failure) goes to Flask untouched, which answers it as it always does. tests/test_balance_reads.py holds the
-two answers equal.
+database error, any failure) goes to Flask untouched, which answers it as it always does.
+tests/test_balance_reads.py holds the two answers equal.
 """
 
 import time
