@@ -22,12 +22,10 @@ from collections.abc import Callable
 from flask import Flask
 from sqlalchemy.engine import Connection
 
-from .auth.services import authenticate_without_reading
-from .before_flask import answer, reaches_routes
+from .before_flask import answer, may_answer
 from .errors import NotFound
 from .members.schemas import dump_member
 from .members.services import get_member
-from .timeutil import utcnow
 from .transactions import STATEMENT_ENGINE
 
 _PATH = "/v1/members/"
@@ -40,7 +38,6 @@ class BalanceReads:
         self.next_app, self.app = next_app, app
         self.engine = app.extensions.get(STATEMENT_ENGINE)
         self.json = app.json
-        self.secret = app.config["SECRET_KEY"]
         # Connections of the statement engine kept open between reads, each with when it was
         # last used: a checkout from the pool and back (SQLAlchemy's Connection, the pool's
         # bookkeeping) cost 16 % of a read's CPU here. In autocommit mode, each read sees the
@@ -74,10 +71,9 @@ class BalanceReads:
             return None
         member_id = path[len(_PATH):]
         # Ids are ASCII letters and digits; anything else is Flask's to decode and refuse.
-        if not (member_id.isascii() and member_id.isalnum()) or not reaches_routes(self.app, environ):
+        if not (member_id.isascii() and member_id.isalnum()):
             return None
-        principal = authenticate_without_reading(environ.get("HTTP_AUTHORIZATION"), self.secret, utcnow())
-        if principal is None or principal.refusal("members:read", member_id) is not None:
+        if not may_answer(self.app, environ, "members:read", member_id):
             return None
         view = self._read(member_id)
         return None if view is None else self.json.compact_body(dump_member(view))

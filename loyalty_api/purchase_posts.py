@@ -3,8 +3,8 @@
 Point-of-sale systems post purchases all day, and Flask's handling around the route (its
 request and application contexts, URL matching, webargs' parsing machinery, the response
 object, the hooks) cost about a quarter of the web-worker CPU of a purchase under load:
-0.70-0.80 ms a purchase here against 1.1-1.2 ms through Flask, and 1,051-1,308 purchases/s
-from 32 tills against 786-917/s in the same minutes (bench/README.md).
+0.70-0.80 ms a purchase here against 1.01-1.2 ms through Flask, and 1,051-1,308 purchases/s
+from 32 tills against 786-1,038/s in the same minutes (bench/README.md).
 
 A purchase is applied here only as the route (`purchases.routes.create_purchase`) applies it:
 a POST of a JSON body (application/json, with a Content-Length within the limit, to a Host
@@ -28,12 +28,10 @@ import io
 from flask import Flask
 from werkzeug.wsgi import get_content_length
 
-from .auth.services import authenticate_without_reading
-from .before_flask import answer, reaches_routes
+from .before_flask import answer, may_answer
 from .extensions import load_strict_json, refuse_unstorable_body
 from .purchases.routes import NOT_APPLIED, apply_purchase, purchase_schema
 from .responses import created
-from .timeutil import utcnow
 
 _PATH = "/v1/purchases"
 
@@ -43,7 +41,6 @@ class PurchasePosts:
 
     def __init__(self, next_app, app: Flask) -> None:
         self.next_app, self.app, self.json = next_app, app, app.json
-        self.secret = app.config["SECRET_KEY"]
         self.limit = app.config["MAX_CONTENT_LENGTH"]
 
     @classmethod
@@ -62,11 +59,13 @@ class PurchasePosts:
             data = None
         if data is None:
             return self.next_app(environ, start_response)
-        try:
-            with self.app.app_context():
+        with self.app.app_context():
+            try:
                 outcome = apply_purchase(data)
-        except Exception as err:  # refused, or the transaction failed: nothing was written
-            environ[NOT_APPLIED] = err
+            except Exception as err:  # refused, or the transaction failed: nothing was written
+                environ[NOT_APPLIED] = err
+                outcome = None
+        if outcome is None:
             return self.next_app(environ, start_response)
         body, status, headers = created(outcome)
         return answer(start_response, status, self.json.compact_body(body), self.json.mimetype, headers.items())
@@ -79,10 +78,9 @@ class PurchasePosts:
         # As werkzeug reads it: none for a chunked body (Flask reads it to its end), a value
         # that is not plain digits read as 0.
         length = get_content_length(environ)
-        if not length or (self.limit is not None and length > self.limit) or not reaches_routes(self.app, environ):
+        if not length or (self.limit is not None and length > self.limit):
             return None
-        principal = authenticate_without_reading(environ.get("HTTP_AUTHORIZATION"), self.secret, utcnow())
-        if principal is None or principal.refusal("purchases", None) is not None:
+        if not may_answer(self.app, environ, "purchases"):
             return None
         raw = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(raw)  # read again by Flask if it answers

@@ -21,6 +21,5 @@ def created_as_is(outcome: Outcome):
     its schema's dump visits every award to change nothing: ~5 % of a purchase's CPU in the
     web worker. The schema still documents the answer; a test holds its dump equal to the body.
     """
-    body, *rest = created(outcome)
-    return (jsonify(body), *rest)
-
+    body, status, headers = created(outcome)
+    return jsonify(body), status, headers
