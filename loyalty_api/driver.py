@@ -35,6 +35,16 @@ def on_driver(connection: Connection) -> bool:
     return connection.dialect.driver == "psycopg"
 
 
+class _Statement(NamedTuple):
+    """One run of a DriverQuery: its SQL text and driver parameters."""
+
+    state: "_Compiled"
+    sql: str
+    parameters: dict
+    prepare: bool | None  # psycopg's: None prepares a statement run often, False never
+    describe: bool  # the rows' description is needed (the query's first run)
+
+
 class _Form(NamedTuple):
     """A query compiled one way, with the processors of its parameters that are not IN lists
     (the expanded state of a shape brings those of a short list's items only)."""
@@ -72,6 +82,13 @@ class DriverQuery:
         params = params or {}
         if not on_driver(connection):
             return [self.row_type(*row) for row in connection.execute(self.statement, params)]
+        statement = self._statement(connection, params)
+        rows, description = _run(connection, statement.sql, statement.parameters, fetch=True,
+                                 describe=statement.describe, prepare=statement.prepare)
+        return self._rows(statement, rows, description)
+
+    def _statement(self, connection: Connection, params: Mapping[str, Any]) -> "_Statement":
+        """The SQL text and driver parameters of one run (psycopg only)."""
         state = self._state
         if state is None or state.dialect is not connection.dialect:
             state = self._state = self._compile(connection.dialect)
@@ -87,7 +104,6 @@ class DriverQuery:
             if len(state.shapes) >= _SHAPES_KEPT:
                 state.shapes.clear()  # the sizes in use come back at once
             state.shapes[key] = shape
-        processors = state.processors
         try:
             parameters = shape.parameters(params)
         except Exception as err:  # a type refusing a value (a naive timestamp): SQLAlchemy's StatementError
@@ -95,10 +111,13 @@ class DriverQuery:
         # A long list is planned for its values every time (prepare=False): a prepared
         # statement's generic plan assumes an array of about ten, and for a batch's thousand
         # ids it scanned whole tables (PostgreSQL's CPU per batch purchase 0.17 → 0.36 ms).
-        rows, description = _run(connection, shape.sql, parameters, fetch=True,
-                                 describe=processors is None, prepare=None if listed else False)
+        return _Statement(state, shape.sql, parameters, None if listed else False, state.processors is None)
+
+    def _rows(self, statement: "_Statement", rows: list[tuple], description) -> list:
+        """The rows of a run as named tuples, through the columns' result processors."""
+        state, processors = statement.state, statement.state.processors
         if processors is None:
-            processors = self._result_processors(connection.dialect, description)
+            processors = self._result_processors(state.dialect, description)
             if self._state is state:
                 self._state = state._replace(processors=processors)
         row_type = self.row_type
@@ -202,6 +221,68 @@ class _Shape:
         return values
 
 
+class Read(NamedTuple):
+    """A query to run, with its parameters and what its rows mean (for `read_together`)."""
+
+    query: DriverQuery | None  # None: nothing to read, the result is `meaning([])`
+    params: Mapping[str, Any]
+    meaning: Callable[[list], Any]
+
+    @classmethod
+    def known(cls, result: Any) -> "Read":
+        """A read with nothing to ask the database: its result is `result`."""
+        return cls(None, {}, lambda _rows: result)
+
+    def run(self, connection: Connection) -> Any:
+        """Run this read alone; return what its rows mean."""
+        return read_together(connection, self)[0]
+
+
+def read_together(connection: Connection, *reads: Read) -> list:
+    """Run reads that do not depend on one another; return what each one's rows mean, in order.
+
+    On psycopg they travel together in pipeline mode: one round trip for all of them (and
+    for the BEGIN of a transaction they open), where one by one each is a round trip the
+    thread waits through. A purchase group's reads are each a fraction of a millisecond of
+    PostgreSQL's time, and on a busy node each round trip cost ~0.2-0.3 ms of waiting for
+    the other side to be scheduled (bench/README.md). Elsewhere they run one by one. An
+    error is raised as `DriverQuery.rows` raises it; the reads after it are not run.
+    """
+    asked = [index for index, read in enumerate(reads) if read.query is not None]
+    rows: list[list] = [[] for _ in reads]
+    if len(asked) < 2 or not on_driver(connection):
+        for index in asked:
+            rows[index] = reads[index].query.rows(connection, reads[index].params)
+    else:
+        statements = [reads[index].query._statement(connection, reads[index].params) for index in asked]
+        results = _run_pipelined(connection, statements)
+        for index, statement, (found, description) in zip(asked, statements, results, strict=True):
+            rows[index] = reads[index].query._rows(statement, found, description)
+    return [read.meaning(found) for read, found in zip(reads, rows, strict=True)]
+
+
+def _run_pipelined(connection: Connection, statements: Sequence[_Statement]) -> list[tuple[list[tuple], Any]]:
+    """Run the statements in one pipeline; return each one's rows and description (see _run)."""
+    if not connection.in_transaction():
+        connection.begin()
+    cursors = _cursors(connection, len(statements))
+    listeners = connection.dispatch.before_cursor_execute
+    statement, cursor = statements[0], cursors[0]
+    try:
+        with connection.connection.driver_connection.pipeline():
+            for statement, cursor in zip(statements, cursors, strict=True):
+                if listeners:
+                    listeners(connection, cursor, statement.sql, statement.parameters, None, False)
+                cursor.execute(statement.sql, statement.parameters, prepare=statement.prepare)
+            results = []
+            # Results come back in order: the first statement that failed raises here.
+            for statement, cursor in zip(statements, cursors, strict=True):
+                results.append((cursor.fetchall(), cursor.description if statement.describe else None))
+        return results
+    except BaseException as err:
+        connection._handle_dbapi_exception(err, statement.sql, statement.parameters, cursor, None)
+
+
 def run_on_driver(connection: Connection, sql: str, parameters: Sequence | Mapping | None = None, *,
                   fetch: bool = False) -> list[tuple]:
     """Run PostgreSQL `sql` (psycopg's %s / %(name)s placeholders) on the connection's cursor.
@@ -232,7 +313,7 @@ def _run(connection: Connection, sql: str, parameters, *, fetch: bool, describe:
         connection._handle_dbapi_exception(err, sql, parameters, cursor, None)
 
 
-_CURSOR = "loyalty_driver_cursor"
+_CURSORS = "loyalty_driver_cursors"
 
 
 def _cursor(connection: Connection):
@@ -244,9 +325,17 @@ def _cursor(connection: Connection):
     its cursor is used up by the time a statement returns (its rows fetched); it holds that
     statement's result until the next one (a write unit's last statement returns one row).
     """
+    return _cursors(connection, 1)[0]
+
+
+def _cursors(connection: Connection, count: int) -> list:
+    """`count` cursors of the driver connection, kept with it as `_cursor`'s is (statements
+    run in one pipeline each need their own, to hold their results)."""
     fairy = connection.connection
-    cursor = fairy.info.get(_CURSOR)
-    # A reconnected pool record has a new driver connection: its old cursor goes with the old one.
-    if cursor is None or cursor.closed or cursor.connection is not fairy.driver_connection:
-        cursor = fairy.info[_CURSOR] = fairy.driver_connection.cursor()
-    return cursor
+    cursors = fairy.info.get(_CURSORS)
+    # A reconnected pool record has a new driver connection: its old cursors go with the old one.
+    if not cursors or cursors[0].closed or cursors[0].connection is not fairy.driver_connection:
+        cursors = fairy.info[_CURSORS] = []
+    while len(cursors) < count:
+        cursors.append(fairy.driver_connection.cursor())
+    return cursors[:count]

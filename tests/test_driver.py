@@ -7,14 +7,15 @@ from datetime import UTC, timedelta, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import bindparam, event, select
+from sqlalchemy import Integer, bindparam, event, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from loyalty_api.driver import DriverQuery, run_on_driver
+from loyalty_api.driver import DriverQuery, Read, read_together, run_on_driver
 from loyalty_api.extensions import db, read_json
 from loyalty_api.ledger.services import _EXPIRY_GROUPS
 from loyalty_api.members.models import Member
 from loyalty_api.members.services import _LOCK_MEMBERS, _READ_MEMBER_VIEW, _READ_MEMBERS
+from loyalty_api.program.models import Program
 from loyalty_api.program.services import _READ_PROGRAM
 from loyalty_api.purchases.services import _READ_USAGE, _STORED_PURCHASES
 from loyalty_api.rules_admin.models import Rule
@@ -238,6 +239,62 @@ def test_a_connection_keeps_one_cursor_and_a_new_connection_gets_its_own(app):
     (first, cursor), (same, again), _, (lost, _), (fresh, new) = cursors
     assert same is first and again is cursor  # kept with the connection, across statements
     assert lost is first and fresh is not first and new is not cursor  # a new connection, a new cursor
+
+
+def test_reads_together_give_what_each_gives_alone_in_order(members):
+    connection = db.session.connection()
+    reads = [Read(_READ_PROGRAM, {}, list), Read.known("nothing asked"),
+             Read(_EXPIRY_GROUPS, {"member_ids": members}, list),
+             Read(_STORED_PURCHASES, {"transaction_ids": ["drv-1-0", "nope"]}, lambda rows: rows[0].transaction_id),
+             Read(_LOCK_MEMBERS, {"member_ids": members[:1], "external_ids": []}, len)]
+    alone = [read.run(connection) for read in reads]
+    assert read_together(connection, *reads) == alone
+    assert alone[1:] == ["nothing asked", _EXPIRY_GROUPS.rows(connection, {"member_ids": members}), "drv-1-0", 1]
+    assert read_together(connection) == []
+
+
+@pytest.mark.postgres
+def test_reads_together_go_in_one_pipeline_that_begins_the_transaction_and_reaches_listeners(app):
+    seen = []
+
+    def listen(conn, cursor, statement, *_args):
+        seen.append((cursor, conn.connection.driver_connection.pgconn.pipeline_status))
+
+    lock_program = DriverQuery(select(Program.id).with_for_update())
+    with app.app_context(), db.engine.connect() as connection:
+        event.listen(db.engine, "before_cursor_execute", listen)
+        try:
+            program, locked = read_together(connection, Read(_READ_PROGRAM, {}, len), Read(lock_program, {}, len))
+        finally:
+            event.remove(db.engine, "before_cursor_execute", listen)
+        assert (program, locked) == (1, 1) and connection.in_transaction()
+        # Each statement ran on a cursor of its own, in pipeline mode (psycopg's status is not OFF).
+        assert len(seen) == 2 and seen[0][0] is not seen[1][0] and all(status for _, status in seen)
+        # The lock taken in the pipeline is held by the transaction it began.
+        with db.engine.connect() as other, pytest.raises(DBAPIError) as caught:
+            run_on_driver(other, "SELECT 1 FROM program FOR UPDATE NOWAIT", fetch=True)
+        assert caught.value.orig.sqlstate == "55P03"
+        connection.rollback()
+        with db.engine.connect() as other:
+            assert run_on_driver(other, "SELECT 1 FROM program FOR UPDATE NOWAIT", fetch=True) == [(1,)]
+            other.rollback()
+
+
+@pytest.mark.postgres
+def test_an_error_among_reads_together_is_sqlalchemys_with_its_sqlstate_and_the_later_reads_do_not_run(app):
+    divide = DriverQuery(select((bindparam("n", type_=Integer) / bindparam("d", type_=Integer)).label("q")))
+    meant = []
+    with app.app_context(), db.engine.connect() as connection:
+        with pytest.raises(DataError) as caught:
+            read_together(connection, Read(_READ_PROGRAM, {}, meant.append),
+                          Read(divide, {"n": 1, "d": 0}, meant.append), Read(_READ_PROGRAM, {}, meant.append))
+        assert caught.value.orig.sqlstate == "22012" and meant == []
+        connection.rollback()
+        # The connection goes on, out of pipeline mode, with its cursors.
+        assert read_together(connection, Read(divide, {"n": 6, "d": 3}, list), Read(_READ_PROGRAM, {}, len)) == [
+            [(2,)], 1]
+        assert _READ_PROGRAM.rows(connection)
+        connection.rollback()
 
 
 def _same_json(ours, theirs) -> bool:

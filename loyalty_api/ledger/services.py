@@ -12,7 +12,7 @@ from sqlalchemy import BindParameter, Subquery, bindparam, func, insert, select,
 from sqlalchemy.orm import Session
 
 from ..bulk import Writes, update_from_rows
-from ..driver import DriverQuery
+from ..driver import DriverQuery, Read
 from ..errors import InsufficientPoints, MemberNotActive, NotFound
 from ..idempotency import Outcome, replay, request_hash
 from ..ids import new_id
@@ -415,10 +415,19 @@ def load_expiry_groups(session: Session, member_ids: Sequence[str],
     Only the first few dates per member are read (what the balance shows); points added to
     later dates can never move them ahead of those.
     """
+    return expiry_groups_read(member_ids, program).run(session.connection())
+
+
+def expiry_groups_read(member_ids: Sequence[str], program: ProgramSettings) -> Read:
+    """`load_expiry_groups` as a read to send with others (`read_together`)."""
     if program.expiry_mode != "fixed" or not member_ids:
-        return {}
+        return Read.known({})
+    return Read(_EXPIRY_GROUPS, {"member_ids": list(member_ids)}, _expiry_groups_of)
+
+
+def _expiry_groups_of(rows: list) -> dict[str, dict[datetime, int]]:
     groups: dict[str, dict[datetime, int]] = {}
-    for row in _EXPIRY_GROUPS.rows(session.connection(), {"member_ids": list(member_ids)}):
+    for row in rows:
         groups.setdefault(row.member_id, {})[row.expires_at] = int(row.points)
     return groups
 

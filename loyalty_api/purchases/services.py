@@ -1,6 +1,6 @@
 """Earning: purchases, refunds and custom events, evaluated by the rules engine."""
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 import rules as engine
 
 from ..bulk import Writes, update_from_rows
-from ..driver import DriverQuery
+from ..driver import DriverQuery, Read, read_together
 from ..errors import (
     CurrencyMismatch,
     DomainError,
@@ -29,7 +29,7 @@ from ..ledger.services import (
     balance_view,
     debit_points,
     expiring_view,
-    load_expiry_groups,
+    expiry_groups_read,
     lock_balance,
     plan_credit,
     reverse_pending,
@@ -38,7 +38,7 @@ from ..ledger.services import (
     write_last_activity,
 )
 from ..members.services import MemberState, member_facts, multiplier_of_tier, read_members
-from ..program.services import ProgramSettings, get_program
+from ..program.services import ProgramSettings, get_program, program_read
 from ..referrals.services import (
     PendingReferral,
     pending_referrals,
@@ -51,7 +51,7 @@ from ..tiers.services import (
     UPGRADE,
     TierLadder,
     counts_towards_tier,
-    qualifying_figures,
+    figures_read,
     tier_change_row,
     window_start,
     write_tier_changes,
@@ -176,8 +176,11 @@ class Earnings:
         self._referrals: dict[str, PendingReferral] = {}
         self._completions: list[dict] = []
 
-    def lock(self, bodies: Iterable[Mapping], *, referrals: bool = False) -> None:
-        """Lock and read every member the bodies name by member_id or member_external_id.
+    def lock(self, bodies: Iterable[Mapping], occasion: Callable[[Mapping], tuple[str, datetime]],
+             *, referrals: bool = False) -> None:
+        """Lock and read every member the bodies name by member_id or member_external_id, and
+        what earning for them reads: expiry groups, tier figures, and the rule usage of each
+        body's `occasion(body)` (trigger, occurred_at).
 
         With `referrals`, the referrers of those members' pending referrals are locked too,
         so that completing a referral can credit them. They are locked after the members (a
@@ -195,25 +198,23 @@ class Earnings:
             states.update(read_members(self.session, lock=True, member_ids=referrers))
         self.members.update(states)
         self._by_external_id.update({state.external_id: state.id for state in states.values()})
-        groups = load_expiry_groups(self.session, list(states), self.program)
+        if self.ladder is None:
+            self.ladder = TierLadder.current(self.session, self.program)
+        climbing = [s.id for s in states.values()
+                    if self.ladder and self.ladder.has_above(self.ladder.by_code.get(s.tier_code))]
+        occasions = [(member.id, *occasion(body)) for body in bodies if (member := self.find(body)) is not None]
+        # Read after the lock, so that they see what the purchases that held it wrote.
+        groups, figures, _ = read_together(
+            self.session.connection(), expiry_groups_read(list(states), self.program),
+            figures_read(self.program, self.now, climbing) if climbing else Read.known({}),
+            self._usage_read(occasions))
         for member_id, member_groups in groups.items():
             self.members[member_id].expiry_groups = member_groups
-        self._load_tiers(states.values())
+        self._figures.update({member_id: figures.get(member_id, 0) for member_id in climbing})
         # The referral was read with the member, possibly before a concurrent purchase that
         # completed it released the lock: read it again, now that it is held.
         if referrals and referees:
             self._referrals.update(pending_referrals(self.session, referees))
-
-    def _load_tiers(self, states: Iterable[MemberState]) -> None:
-        """Read the ladder once, and the qualifying figures of members a higher tier exists for."""
-        if self.ladder is None:
-            self.ladder = TierLadder.current(self.session, self.program)
-        if not self.ladder:
-            return
-        climbing = [s.id for s in states if self.ladder.has_above(self.ladder.by_code.get(s.tier_code))]
-        if climbing:
-            figures = qualifying_figures(self.session, self.program, self.now, member_ids=climbing)
-            self._figures.update({member_id: figures.get(member_id, 0) for member_id in climbing})
 
     def find(self, body: Mapping) -> MemberState | None:
         """Return the locked member a body names, if any."""
@@ -235,6 +236,11 @@ class Earnings:
 
     def load_usage(self, occasions: Iterable[tuple[str, str, datetime]]) -> None:
         """Read the rule usage that (member_id, trigger, occurred_at) occasions may need, at once."""
+        self._usage_read(occasions).run(self.session.connection())
+
+    def _usage_read(self, occasions: Iterable[tuple[str, str, datetime]]) -> Read:
+        """`load_usage` as a read to send with others (`read_together`); its rows go into the
+        usage kept here."""
         wanted = {
             (member_id, rule_id, engine.period_start(period, at) or LIFETIME)
             for member_id, trigger, at in occasions
@@ -242,15 +248,17 @@ class Earnings:
         }
         wanted -= self._usage.keys()
         if not wanted:
-            return
-        rows = _READ_USAGE.rows(self.session.connection(), {
-            "member_ids": list({k[0] for k in wanted}), "rule_ids": list({k[1] for k in wanted}),
-            "starts": list({k[2] for k in wanted})})
-        for row in rows:
-            key = (row.member_id, row.rule_id, row.period_start)
-            if key in wanted:
-                self._usage[key] = [row.count, row.points]
-                self._stored_usage.add(key)
+            return Read.known(None)
+
+        def keep(rows: list) -> None:
+            for row in rows:
+                key = (row.member_id, row.rule_id, row.period_start)
+                if key in wanted:
+                    self._usage[key] = [row.count, row.points]
+                    self._stored_usage.add(key)
+
+        return Read(_READ_USAGE, {"member_ids": list({k[0] for k in wanted}), "rule_ids": list({k[1] for k in wanted}),
+                                  "starts": list({k[2] for k in wanted})}, keep)
 
     def earn(self, member: MemberState, *, trigger: str, facts: dict, at: datetime, source_type: str,
              source_id: str, entry_type: str = "earn") -> tuple[engine.Evaluation, CreditPlan | None]:
@@ -376,11 +384,10 @@ def award_points(session: Session, program: ProgramSettings, body: Mapping, *, t
     or erased member and ValidationFailed for an unknown one.
     """
     earnings = Earnings(session, program, now)
-    earnings.lock([body])
+    earnings.lock([body], lambda _body: (trigger, at))
     member = earnings.member_for(body)
     if member.status != "active":
         raise MemberNotActive()
-    earnings.load_usage([(member.id, trigger, at)])
     evaluation, plan = earnings.earn(member, trigger=trigger, facts=facts, at=at, source_type=source_type,
                                      source_id=source_id)
     earnings.write()
@@ -425,7 +432,6 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
     refused purchase writes nothing. A transaction_id seen earlier (stored, or earlier in
     the same batch) replays or conflicts exactly as a retried single request would.
     """
-    program = get_program(session)
     results: list[Outcome | DomainError | None] = [None] * len(entries)
     candidates = []
     for index, entry in enumerate(entries):
@@ -433,7 +439,9 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
             results[index] = entry.refusal
         else:
             candidates.append((index, entry.data, request_hash(entry.data)))
-    known = _stored_purchases(session, {data["transaction_id"] for _, data, _ in candidates})
+    session.flush()  # the reads below bypass the session's autoflush
+    program, known = read_together(session.connection(), program_read(),
+                                   _stored_purchases_read({data["transaction_id"] for _, data, _ in candidates}))
     to_earn = []
     for index, data, body_hash in candidates:
         if data["transaction_id"] in known:
@@ -449,9 +457,7 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
     if not to_earn:
         return results
     earnings = Earnings(session, program, now)
-    earnings.lock((data for _, data, _ in to_earn), referrals=True)
-    earnings.load_usage((member.id, "purchase", data["occurred_at"]) for _, data, _ in to_earn
-                        if (member := earnings.find(data)) is not None)
+    earnings.lock((data for _, data, _ in to_earn), _purchase_occasion, referrals=True)
     rows = []
     for index, data, body_hash in to_earn:
         transaction_id = data["transaction_id"]
@@ -499,11 +505,19 @@ _STORED_PURCHASES = DriverQuery(
     .where(_purchases.c.transaction_id.in_(bindparam("transaction_ids", expanding=True))))
 
 
-def _stored_purchases(session: Session, transaction_ids: set[str]) -> dict[str, tuple[str, dict]]:
+def _stored_purchases_read(transaction_ids: set[str]) -> Read:
+    """The stored request hash and response of each purchase of `transaction_ids` that exists."""
     if not transaction_ids:
-        return {}
-    rows = _STORED_PURCHASES.rows(session.connection(), {"transaction_ids": list(transaction_ids)})
+        return Read.known({})
+    return Read(_STORED_PURCHASES, {"transaction_ids": list(transaction_ids)}, _stored_purchases_of)
+
+
+def _stored_purchases_of(rows: list) -> dict[str, tuple[str, dict]]:
     return {row.transaction_id: (row.request_hash, row.response) for row in rows}
+
+
+def _purchase_occasion(body: Mapping) -> tuple[str, datetime]:
+    return "purchase", body["occurred_at"]
 
 
 def _replay_or_refusal(stored: tuple[str, dict], body_hash: str, client_id: str) -> Outcome | DomainError:

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, bindparam, func, select, union_all, update
 from sqlalchemy.orm import Session
 
 from ..bulk import insert_rows
-from ..driver import DriverQuery
+from ..driver import DriverQuery, Read
 from ..errors import NotFound, TierExists, TierInUse
 from ..ids import new_id
 from ..members.models import Member
@@ -133,10 +133,14 @@ _FIGURE_STATEMENTS = {
 }
 
 
-def _figures_of(session: Session, program: ProgramSettings, member_ids: list[str], start: datetime,
-                now: datetime) -> dict[str, int]:
-    rows = _FIGURE_STATEMENTS[program.tier_metric].rows(session.connection(),
-                                                        {"member_ids": member_ids, "start": start, "now": now})
+def figures_read(program: ProgramSettings, now: datetime, member_ids: Iterable[str]) -> Read:
+    """The qualifying figures of `member_ids` (see `qualifying_figures`) as a read to send
+    with others (`read_together`)."""
+    params = {"member_ids": list(member_ids), "start": window_start(program, now), "now": now}
+    return Read(_FIGURE_STATEMENTS[program.tier_metric], params, _figures_of)
+
+
+def _figures_of(rows: list) -> dict[str, int]:
     return {row.member_id: int(row.figure or 0) for row in rows}
 
 
@@ -147,9 +151,9 @@ def qualifying_figures(session: Session, program: ProgramSettings, now: datetime
 
     Members are those of `member_ids`, or those with ids in (after, upto] (a job's chunk).
     """
-    start = window_start(program, now)
     if member_ids is not None and after is None and upto is None:
-        return _figures_of(session, program, list(member_ids), start, now)
+        return figures_read(program, now, member_ids).run(session.connection())
+    start = window_start(program, now)
 
     def members_of(column) -> list[ColumnElement]:
         conditions = []
