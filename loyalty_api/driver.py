@@ -221,6 +221,9 @@ class _Shape:
         return values
 
 
+_PIPELINED_FROM = 3  # reads: see read_together
+
+
 class Read(NamedTuple):
     """A query to run, with its parameters and what its rows mean (for `read_together`)."""
 
@@ -241,16 +244,17 @@ class Read(NamedTuple):
 def read_together(connection: Connection, *reads: Read) -> list:
     """Run reads that do not depend on one another; return what each one's rows mean, in order.
 
-    On psycopg they travel together in pipeline mode: one round trip for all of them (and
-    for the BEGIN of a transaction they open), where one by one each is a round trip the
-    thread waits through. A purchase group's reads are each a fraction of a millisecond of
-    PostgreSQL's time, and on a busy node each round trip cost ~0.2-0.3 ms of waiting for
-    the other side to be scheduled (bench/README.md). Elsewhere they run one by one. An
-    error is raised as `DriverQuery.rows` raises it; the reads after it are not run.
+    On psycopg they travel together in pipeline mode, where one by one each is a round trip
+    the thread waits through: on a busy node ~0.2-0.3 ms of waiting for the other side to be
+    scheduled, for a read of ~0.05 ms of client CPU (bench/README.md). psycopg ends a
+    pipeline with a Sync it waits for, and its pipeline machinery costs ~20-45 µs of CPU:
+    it pays from three reads on (two round trips instead of three), so fewer run one by
+    one, as they do elsewhere than on psycopg. An error is raised as `DriverQuery.rows` raises it; the reads after
+    it are not run.
     """
     asked = [index for index, read in enumerate(reads) if read.query is not None]
     rows: list[list] = [[] for _ in reads]
-    if len(asked) < 2 or not on_driver(connection):
+    if len(asked) < _PIPELINED_FROM or not on_driver(connection):
         for index in asked:
             rows[index] = reads[index].query.rows(connection, reads[index].params)
     else:

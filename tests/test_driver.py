@@ -264,12 +264,13 @@ def test_reads_together_go_in_one_pipeline_that_begins_the_transaction_and_reach
     with app.app_context(), db.engine.connect() as connection:
         event.listen(db.engine, "before_cursor_execute", listen)
         try:
-            program, locked = read_together(connection, Read(_READ_PROGRAM, {}, len), Read(lock_program, {}, len))
+            results = read_together(connection, Read(_READ_PROGRAM, {}, len), Read(lock_program, {}, len),
+                                    Read(_READ_PROGRAM, {}, len))
         finally:
             event.remove(db.engine, "before_cursor_execute", listen)
-        assert (program, locked) == (1, 1) and connection.in_transaction()
+        assert results == [1, 1, 1] and connection.in_transaction()
         # Each statement ran on a cursor of its own, in pipeline mode (psycopg's status is not OFF).
-        assert len(seen) == 2 and seen[0][0] is not seen[1][0] and all(status for _, status in seen)
+        assert len(seen) == 3 and len({id(cursor) for cursor, _ in seen}) == 3 and all(status for _, status in seen)
         # The lock taken in the pipeline is held by the transaction it began.
         with db.engine.connect() as other, pytest.raises(DBAPIError) as caught:
             run_on_driver(other, "SELECT 1 FROM program FOR UPDATE NOWAIT", fetch=True)
@@ -278,6 +279,15 @@ def test_reads_together_go_in_one_pipeline_that_begins_the_transaction_and_reach
         with db.engine.connect() as other:
             assert run_on_driver(other, "SELECT 1 FROM program FOR UPDATE NOWAIT", fetch=True) == [(1,)]
             other.rollback()
+        # Two reads would save no round trip (a pipeline ends with a Sync): they run one by one.
+        seen.clear()
+        event.listen(db.engine, "before_cursor_execute", listen)
+        try:
+            assert read_together(connection, Read(_READ_PROGRAM, {}, len), Read(_READ_PROGRAM, {}, len)) == [1, 1]
+        finally:
+            event.remove(db.engine, "before_cursor_execute", listen)
+        assert len(seen) == 2 and not any(status for _, status in seen)
+        connection.rollback()
 
 
 @pytest.mark.postgres
@@ -291,8 +301,8 @@ def test_an_error_among_reads_together_is_sqlalchemys_with_its_sqlstate_and_the_
         assert caught.value.orig.sqlstate == "22012" and meant == []
         connection.rollback()
         # The connection goes on, out of pipeline mode, with its cursors.
-        assert read_together(connection, Read(divide, {"n": 6, "d": 3}, list), Read(_READ_PROGRAM, {}, len)) == [
-            [(2,)], 1]
+        assert read_together(connection, Read(divide, {"n": 6, "d": 3}, list), Read(_READ_PROGRAM, {}, len),
+                             Read(_READ_PROGRAM, {}, len)) == [[(2,)], 1, 1]
         assert _READ_PROGRAM.rows(connection)
         connection.rollback()
 

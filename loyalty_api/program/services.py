@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ..driver import DriverQuery, Read
+from ..driver import DriverQuery
 from ..errors import ValidationFailed
 from ..ids import new_id
 from .models import PROGRAM_ID, Program
@@ -54,16 +54,7 @@ _READ_PROGRAM = DriverQuery(
 def get_program(session: Session) -> ProgramSettings:
     """Return the program's settings."""
     session.flush()  # the read below bypasses the session's autoflush
-    return program_read().run(session.connection())
-
-
-def program_read() -> Read:
-    """The read of the program's settings, to send with others (`read_together`)."""
-    return Read(_READ_PROGRAM, {}, _program_of)
-
-
-def _program_of(rows: list) -> ProgramSettings:
-    (row,) = rows
+    (row,) = _READ_PROGRAM.rows(session.connection())
     return ProgramSettings(*row)
 
 

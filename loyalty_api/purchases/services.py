@@ -38,7 +38,7 @@ from ..ledger.services import (
     write_last_activity,
 )
 from ..members.services import MemberState, member_facts, multiplier_of_tier, read_members
-from ..program.services import ProgramSettings, get_program, program_read
+from ..program.services import ProgramSettings, get_program
 from ..referrals.services import (
     PendingReferral,
     pending_referrals,
@@ -432,6 +432,7 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
     refused purchase writes nothing. A transaction_id seen earlier (stored, or earlier in
     the same batch) replays or conflicts exactly as a retried single request would.
     """
+    program = get_program(session)
     results: list[Outcome | DomainError | None] = [None] * len(entries)
     candidates = []
     for index, entry in enumerate(entries):
@@ -439,9 +440,7 @@ def apply_purchases(session: Session, entries: Sequence[BatchEntry], now: dateti
             results[index] = entry.refusal
         else:
             candidates.append((index, entry.data, request_hash(entry.data)))
-    session.flush()  # the reads below bypass the session's autoflush
-    program, known = read_together(session.connection(), program_read(),
-                                   _stored_purchases_read({data["transaction_id"] for _, data, _ in candidates}))
+    known = _stored_purchases(session, {data["transaction_id"] for _, data, _ in candidates})
     to_earn = []
     for index, data, body_hash in candidates:
         if data["transaction_id"] in known:
@@ -505,14 +504,10 @@ _STORED_PURCHASES = DriverQuery(
     .where(_purchases.c.transaction_id.in_(bindparam("transaction_ids", expanding=True))))
 
 
-def _stored_purchases_read(transaction_ids: set[str]) -> Read:
-    """The stored request hash and response of each purchase of `transaction_ids` that exists."""
+def _stored_purchases(session: Session, transaction_ids: set[str]) -> dict[str, tuple[str, dict]]:
     if not transaction_ids:
-        return Read.known({})
-    return Read(_STORED_PURCHASES, {"transaction_ids": list(transaction_ids)}, _stored_purchases_of)
-
-
-def _stored_purchases_of(rows: list) -> dict[str, tuple[str, dict]]:
+        return {}
+    rows = _STORED_PURCHASES.rows(session.connection(), {"transaction_ids": list(transaction_ids)})
     return {row.transaction_id: (row.request_hash, row.response) for row in rows}
 
 
