@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,9 +14,7 @@ from math import lcm
 from typing import Any
 
 from .effects import (
-    cap_points,
     max_redeemable,
-    multiplier_extra,
     order_share_cap,
     redemption_value,
 )
@@ -48,7 +47,9 @@ from .model import (
 )
 from .parse import exact_number
 
-_FIXED, _PER_AMOUNT, _PER_ITEM, _MULTIPLIER, _CONVERSION = range(5)
+# The kinds of effect. The two that earn base points come first: their codes index the two
+# totals of a group of base points (see evaluate).
+_PER_AMOUNT, _PER_ITEM, _FIXED, _MULTIPLIER, _CONVERSION = range(5)
 # One entry per rule of an evaluation's record: points ≥ 0 when the rule matched, else one
 # of these codes (the index of its reason in _REASONS, negated).
 _REASONS = (
@@ -72,7 +73,8 @@ class _Plan:
         "condition", "item_filter", "filter_key", "code", "points", "per", "rounding", "factor",
         "per_event", "limit_count", "limit_points", "limited", "_outcomes",
         "version", "name", "column", "amount_mul", "amount_add", "amount_div", "cut",
-        "gated", "mask_of", "outcome_fields", "award_fields",
+        "gated", "mask_of", "outcome_fields", "award_fields", "extra_numerator",
+        "extra_denominator",
     )
 
     def __init__(self, rule: Rule) -> None:
@@ -99,6 +101,9 @@ class _Plan:
         effect = rule.effect
         self.points = getattr(effect, "points", 0)
         self.per = self.rounding = self.factor = None
+        # A multiplier adds floor(base × extra_numerator ÷ extra_denominator): factor − 1,
+        # taken apart once rather than through Fraction's properties per evaluation.
+        self.extra_numerator, self.extra_denominator = 0, 1
         if isinstance(effect, Fixed):
             self.code = _FIXED
         elif isinstance(effect, PerAmount):
@@ -109,6 +114,8 @@ class _Plan:
         elif isinstance(effect, Multiplier):
             self.code = _MULTIPLIER
             self.factor = effect.factor
+            self.extra_numerator = effect.factor.numerator - effect.factor.denominator
+            self.extra_denominator = effect.factor.denominator
         else:
             self.code = _CONVERSION
         # per_amount as one integer expression: (basis × mul + add) // div rounds as asked
@@ -186,7 +193,7 @@ class _Trigger:
     """
 
     __slots__ = ("plans", "rows", "select", "size", "scaled", "inactive", "inactive_archived",
-                 "items")
+                 "items", "indexed")
 
     def __init__(self, plans: tuple[_Plan, ...]) -> None:
         self.plans = plans
@@ -220,9 +227,17 @@ class _Trigger:
         self.rows = tuple(rows)
         # Only a multiplier with an item filter needs to know which items earned the base.
         self.scaled = any(p.code == _MULTIPLIER and p.filter_key is not None for p in plans)
-        # Whether evaluations read the purchase's items (a filter, or points per amount or unit).
-        self.items = any(p.filter_key is not None or p.code in (_PER_AMOUNT, _PER_ITEM)
-                         for p in plans)
+        # Whether evaluations read the purchase's items (a filter, or points per amount, per
+        # unit or, for a burn rule, its conversion).
+        self.items = any(p.filter_key is not None
+                         or p.code in (_PER_AMOUNT, _PER_ITEM, _CONVERSION) for p in plans)
+        # The item field the filters test most for equality or membership: the basket indexes
+        # it as it reads the items, since most evaluations run such a filter ("amount" is
+        # read anyway).
+        tested = Counter(p.column[0] for p in plans
+                         if p.filter_key is not None and p.column is not None
+                         and p.column[1] not in _RELATIONS and p.column[0] != "amount")
+        self.indexed = tested.most_common(1)[0][0] if tested else None
         self.inactive = frozenset(i for i, plan in enumerate(plans) if not plan.active)
         self.inactive_archived = frozenset(i for i, plan in enumerate(plans) if plan.archived)
 
@@ -344,7 +359,9 @@ class _Basket:
     __slots__ = ("context", "total", "items", "amounts", "units", "all", "masks", "known_sums",
                  "all_units", "_item_context", "_columns", "_numeric", "_field_values")
 
-    def __init__(self, context: dict[str, Any]) -> None:
+    def __init__(self, context: dict[str, Any], indexed: str | None = None) -> None:
+        """Read the items, and index the item field `indexed` (see _column) in the same pass:
+        most evaluations run a filter testing it, and one pass costs less than two."""
         self.context = context
         purchase = context.get("purchase")
         if purchase.__class__ is not dict and not isinstance(purchase, Mapping):
@@ -355,31 +372,55 @@ class _Basket:
         self.items = items if isinstance(items, list) else []
         amounts = []
         units = []
-        raw_amounts: list[Any] = []
+        # Whether every item is an object with an integer amount: the amounts are then the
+        # items' values of "amount" too (_values reads them otherwise).
+        amounts_given = True
+        self._field_values: dict[str, list[Any]] = {}
+        self._columns: dict[str, tuple[dict[str, list[int]], list[tuple[int, Any]]]] = {}
+        if indexed is not None:
+            # As _column builds it: [mask, amount, units] of each string value, and the
+            # (position, value) of the other values.
+            index: dict[str, list[int]] = {}
+            others: list[tuple[int, Any]] = []
+            self._columns[indexed] = (index, others)
+        bit = 1
         for item in self.items:
             if item.__class__ is dict or isinstance(item, Mapping):
                 quantity = item.get("quantity")
                 if quantity.__class__ is not int:
                     quantity = 0
-                amount = raw = item.get("amount")
+                amount = item.get("amount")
                 if amount.__class__ is not int:
                     amount = quantity * _int(item.get("unit_price"))
+                    amounts_given = False
+                if indexed is not None:
+                    value = item.get(indexed)
+                    if value.__class__ is str:
+                        entry = index.get(value)
+                        if entry is None:
+                            index[value] = [bit, amount, quantity]
+                        else:
+                            entry[0] |= bit
+                            entry[1] += amount
+                            entry[2] += quantity
+                    elif value is not None:
+                        others.append((bit.bit_length() - 1, value))
             else:
                 quantity = amount = 0
-                raw = None
-            raw_amounts.append(raw)
+                amounts_given = False
             amounts.append(amount)
             units.append(quantity)
+            bit <<= 1
         self.amounts = amounts
         self.units = units
-        self.all = (1 << len(self.items)) - 1
+        if amounts_given:
+            self._field_values["amount"] = amounts
+        self.all = bit - 1
         self.masks: dict[str, int] = {}
         self.all_units = sum(units)
         self.known_sums: dict[int, tuple[int, int]] = {self.all: (sum(amounts), self.all_units)}
         self._item_context: dict[str, Any] | None = None
-        self._columns: dict[str, tuple[list[Any], dict[str, list[int]], list[tuple[int, Any]]]] = {}
-        self._numeric: dict[str, Any] = {}
-        self._field_values: dict[str, list[Any]] = {"amount": raw_amounts}
+        self._numeric: dict[str, Any] = {}  # field -> its ranking (see _ranked)
 
     def mask(self, plan: _Plan) -> int:
         """Return the bit mask of the items the plan's item filter accepts.
@@ -393,7 +434,7 @@ class _Basket:
             if op == "in":
                 # Array membership is strict equality: only string values can equal the
                 # constants (distinct ones: the plan removes repeated constants).
-                index = (self._columns.get(field) or self._column(field))[1]
+                index = (self._columns.get(field) or self._column(field))[0]
                 mask = amount = count = 0
                 for text in constant:
                     entry = index.get(text)
@@ -429,9 +470,9 @@ class _Basket:
             ]
         return values
 
-    def _column(self, field: str) -> tuple[list[Any], dict[str, list[int]], list[tuple[int, Any]]]:
-        """Return the field's values, [mask, amount, units] of each string value, and the
-        (position, value) of the other values."""
+    def _column(self, field: str) -> tuple[dict[str, list[int]], list[tuple[int, Any]]]:
+        """Return [mask, amount, units] of each string value of the field, and the
+        (position, value) of its other values."""
         found = self._columns.get(field)
         if found is None:
             values = self._values(field)
@@ -451,7 +492,7 @@ class _Basket:
                         entry[2] += units
                 elif value is not None:
                     others.append((bit.bit_length() - 1, value))
-            found = self._columns[field] = (values, index, others)
+            found = self._columns[field] = (index, others)
         return found
 
     def _column_mask(self, field: str, op: str, constant: Any) -> tuple[int, int, int]:
@@ -459,8 +500,9 @@ class _Basket:
         amounts, units = self.amounts, self.units
         mask = amount = count = 0
         if op in _RELATIONS:
-            return self._relation_mask(field, op, constant)
-        values, index, others = self._columns.get(field) or self._column(field)
+            mask = self.relation_mask(field, op, constant)
+            return (mask, *self.known_sums[mask])
+        index, others = self._columns.get(field) or self._column(field)
         if op == "in":
             # Array membership is strict equality: only string values can equal the constants
             # (distinct ones: the rule set removes repeated constants).
@@ -479,7 +521,7 @@ class _Basket:
                     mask, amount, count = entry
                 candidates: Any = others
             else:
-                candidates = enumerate(values)
+                candidates = enumerate(self._values(field))
             for position, value in candidates:
                 if compare(value, constant):
                     mask |= 1 << position
@@ -491,59 +533,72 @@ class _Basket:
             return mask, amount, count
         raise ValueError(f"unknown column operator {op!r}")
 
-    def _relation_mask(self, field: str, op: str, constant: Any) -> tuple[int, int, int]:
-        """Return (mask, amount, units) of the items whose `field` is `op` (<, <=, >, >=) the
-        number `constant`."""
-        rows = self._numeric.get(field)
-        if rows is None:
-            rows = self._numeric[field] = self._numeric_rows(field)
+    def relation_mask(self, field: str, op: str, constant: Any) -> int:
+        """Return the mask of the items whose `field` is `op` (<, <=, >, >=) the number
+        `constant`, recording its (amount, units) in known_sums."""
+        ranked = self._numeric.get(field)
+        if ranked is None:
+            ranked = self._numeric[field] = self._ranked(field)
         mask = amount = count = 0
-        if rows:
-            # Every value is a number: native comparisons, one pass.
+        if ranked and constant == constant:
+            # Numbers without NaN are totally ordered: the items passing come first in the
+            # ranking (>, >=) or last (<, <=), and the pass stops at the first that fails.
             if op == ">=":
-                for value, bit, item_amount, item_units in rows:
-                    if value >= constant:
-                        mask |= bit
-                        amount += item_amount
-                        count += item_units
-            elif op == ">":
-                for value, bit, item_amount, item_units in rows:
-                    if value > constant:
-                        mask |= bit
-                        amount += item_amount
-                        count += item_units
-            elif op == "<=":
-                for value, bit, item_amount, item_units in rows:
-                    if value <= constant:
-                        mask |= bit
-                        amount += item_amount
-                        count += item_units
-            else:
-                for value, bit, item_amount, item_units in rows:
+                for value, bit, item_amount, item_units in ranked:
                     if value < constant:
-                        mask |= bit
-                        amount += item_amount
-                        count += item_units
-            return mask, amount, count
-        test = _COMPARE[op]
-        native = _NATIVE[op]
-        amounts, units = self.amounts, self.units
-        for position, value in enumerate(self._values(field)):
-            if native(value, constant) if value.__class__ in _NUMBERS else test(value, constant):
-                mask |= 1 << position
-                amount += amounts[position]
-                count += units[position]
-        return mask, amount, count
+                        break
+                    mask |= bit
+                    amount += item_amount
+                    count += item_units
+            elif op == ">":
+                for value, bit, item_amount, item_units in ranked:
+                    if value <= constant:
+                        break
+                    mask |= bit
+                    amount += item_amount
+                    count += item_units
+            elif op == "<=":
+                for value, bit, item_amount, item_units in reversed(ranked):
+                    if value > constant:
+                        break
+                    mask |= bit
+                    amount += item_amount
+                    count += item_units
+            else:
+                for value, bit, item_amount, item_units in reversed(ranked):
+                    if value >= constant:
+                        break
+                    mask |= bit
+                    amount += item_amount
+                    count += item_units
+        else:
+            test = _COMPARE[op]
+            native = _NATIVE[op]
+            amounts, units = self.amounts, self.units
+            for position, value in enumerate(self._values(field)):
+                if (native(value, constant) if value.__class__ in _NUMBERS
+                        else test(value, constant)):
+                    mask |= 1 << position
+                    amount += amounts[position]
+                    count += units[position]
+        known = self.known_sums
+        if mask not in known:
+            known[mask] = (amount, count)
+        return mask
 
-    def _numeric_rows(self, field: str) -> list[tuple[Any, int, int, int]] | tuple[()]:
-        """Return (value, bit, amount, units) of each item when every value of `field` is a
-        number, else ()."""
+    def _ranked(self, field: str) -> list[tuple[Any, int, int, int]] | tuple[()]:
+        """Return (value, bit, amount, units) of each item by its value of `field`, greatest
+        first; () unless every value is a number other than NaN (and there are no more items
+        than _BITS has)."""
         values = self._values(field)
-        if not _NUMBER_TYPES.issuperset(map(type, values)):
+        if len(values) > len(_BITS):
             return ()
-        count = len(values)
-        bits = _BITS[:count] if count <= len(_BITS) else [1 << p for p in range(count)]
-        return list(zip(values, bits, self.amounts, self.units, strict=True))
+        kinds = set(map(type, values))
+        if not _NUMBER_TYPES.issuperset(kinds) or (
+                float in kinds and any(value != value for value in values)):
+            return ()
+        # Ties in value are ordered by bit, never by what follows. _BITS is the longer.
+        return sorted(zip(values, _BITS, self.amounts, self.units, strict=False), reverse=True)
 
     def sums(self, mask: int) -> tuple[int, int]:
         """Return (amount, units) of the items in `mask`."""
@@ -589,7 +644,7 @@ def _mask_function(plan: _Plan) -> Any:
         # Array membership is strict equality: only string values can equal the constants
         # (distinct ones: the plan removes repeated constants).
         def in_mask(basket: _Basket) -> int:
-            index = (basket._columns.get(field) or basket._column(field))[1]
+            index = (basket._columns.get(field) or basket._column(field))[0]
             mask = amount = count = 0
             for text in constant:
                 entry = index.get(text)
@@ -607,7 +662,7 @@ def _mask_function(plan: _Plan) -> Any:
         negate = op == "!="
 
         def text_mask(basket: _Basket) -> int:
-            _, index, others = basket._columns.get(field) or basket._column(field)
+            index, others = basket._columns.get(field) or basket._column(field)
             if others:
                 return basket.mask(plan)
             entry = index.get(constant)
@@ -623,15 +678,8 @@ def _mask_function(plan: _Plan) -> Any:
 
         return text_mask
     if op in _RELATIONS:
-
-        def relation_mask(basket: _Basket) -> int:
-            mask, amount, count = basket._relation_mask(field, op, constant)
-            known = basket.known_sums
-            if mask not in known:
-                known[mask] = (amount, count)
-            return mask
-
-        return relation_mask
+        # A method called from C: no frame of a closure around it.
+        return operator.methodcaller("relation_mask", field, op, constant)
     return lambda basket: basket.mask(plan)
 _NUMBERS = (int, float)
 _COMPARE = {
@@ -696,16 +744,13 @@ _set_record = LazyEvaluation.__dict__["_record"].__set__
 _EMPTY_TRIGGER: Any = None
 
 
-def _tier_fraction(value: Fraction | Decimal | int) -> Fraction:
-    try:
-        return _cached_tier_factor(value)
-    except TypeError:  # unhashable, so not a number: _tier_factor says so
-        return _tier_factor(value)
+def _tier_extra(value: Fraction | Decimal | int) -> tuple[int, int]:
+    """Return the tier multiplier less one as (numerator, denominator)."""
+    factor = _tier_factor(value)
+    return factor.numerator - factor.denominator, factor.denominator
 
 
-@lru_cache(maxsize=256, typed=True)
-def _cached_tier_factor(value: Fraction | Decimal | int) -> Fraction:
-    return _tier_factor(value)
+_cached_tier_extra = lru_cache(maxsize=256, typed=True)(_tier_extra)
 
 
 def _tier_factor(value: Fraction | Decimal | int) -> Fraction:
@@ -744,10 +789,12 @@ def evaluate(
     deferred: list[tuple[int, _Plan, int | None, int | None]] = []
     # Rules from `cut` on are excluded by an exclusive rule of higher priority that matched.
     cut = size
-    # Nearly every rule of a purchase needs the items: they are read once, up front.
-    basket = _Basket(context) if compiled.items else None
+    # Nearly every rule of a purchase needs the items: they are read once, up front. Without
+    # rules that need them (fixed points, multipliers without a filter), nothing reads them.
+    basket = _Basket(context, compiled.indexed) if compiled.items else None
     masks = basket.masks if basket is not None else {}
     sums = basket.known_sums if basket is not None else {}
+    everything = basket.all if basket is not None else 0
     for index, plan, checked, code, filter_key, special, per_event, a, b, c in compress(
         compiled.rows, compiled.select(context)
     ):
@@ -764,12 +811,8 @@ def evaluate(
                 continue
             if plan.condition is not None and not plan.condition(context):
                 continue
-        if basket is None:
-            basket = _Basket(context)
-            masks = basket.masks
-            sums = basket.known_sums
         if filter_key is None:
-            mask = basket.all
+            mask = everything
         else:
             mask = masks.get(filter_key)
             if mask is None:
@@ -821,39 +864,42 @@ def evaluate(
                 group = groups.get(mask)
                 if group is None:
                     group = groups[mask] = [0, 0]
-                group[0 if code == _PER_AMOUNT else 1] += points
+                group[code] += points
     if cut < size:
         inactive = compiled.inactive if only_active else compiled.inactive_archived
         for index in range(cut, size):
             entries[index] = _INACTIVE if index in inactive else _EXCLUDED
 
     if deferred:
-        weights: tuple[dict[int, int], int, int] | None = None
+        shares: tuple[dict[int, int], int] | None = None
         for index, plan, mask, remaining in deferred:
-            factor = plan.factor
-            if mask is None or basket is None:
-                extra = base * (factor.numerator - factor.denominator) // factor.denominator
+            if mask is None:
+                share, denominator = base, 1
             else:
-                if weights is None:
-                    weights = _item_weights(basket, groups or {}, _smaller_sides(basket, deferred))
-                item_weights, denominator, whole = weights
-                if mask.bit_count() * 2 > len(basket.items):
-                    # The items outside the mask are fewer: the share is the whole but theirs.
-                    share = whole * denominator
-                    for position in _positions(basket.all & ~mask):
-                        share -= item_weights[position]
-                else:
-                    share = 0
-                    for position in _positions(mask):
-                        share += item_weights[position]
-                extra = multiplier_extra(share, denominator, factor)
-            points = cap_points(extra, plan.per_event, remaining)
+                if shares is None:
+                    shares = _multiplier_shares(basket, groups or {}, [
+                        mask for _, _, mask, _ in deferred if mask is not None])
+                numerators, denominator = shares
+                share = numerators[mask]
+            # multiplier_extra and cap_points, inline.
+            points = share * plan.extra_numerator // (denominator * plan.extra_denominator)
+            if plan.per_event is not None and points > plan.per_event:
+                points = plan.per_event
+            if remaining is not None and points > remaining:
+                points = remaining
+            if points < 0:
+                points = 0
             entries[index] = points
             total += points
     tier = None
     if tier_multiplier is not None:
         name, factor = tier_multiplier
-        extra = multiplier_extra(base, 1, _tier_fraction(factor))
+        # multiplier_extra(base, 1, factor), with factor − 1 taken apart once per factor.
+        try:
+            extra_numerator, extra_denominator = _cached_tier_extra(factor)
+        except TypeError:  # unhashable, so not a number: _tier_factor says so
+            extra_numerator, extra_denominator = _tier_extra(factor)
+        extra = base * extra_numerator // extra_denominator
         if extra > 0:
             tier = (name, extra)
             total += extra
@@ -870,65 +916,65 @@ def _empty_trigger() -> _Trigger:
     return _EMPTY_TRIGGER
 
 
-def _smaller_sides(basket: _Basket, deferred: list[tuple[int, _Plan, int | None, int | None]]
-                   ) -> int:
-    """Return the items whose weights the filtered multipliers need: each one's own items, or
-    the items outside them when those are fewer."""
-    needed = 0
-    for _, _, mask, _ in deferred:
-        if mask is not None:
-            needed |= basket.all & ~mask if mask.bit_count() * 2 > len(basket.items) else mask
-    return needed
+def _multiplier_shares(basket: _Basket, groups: dict[int, list[int]], masks: list[int]
+                       ) -> tuple[dict[int, int], int]:
+    """Return the base points the items of each mask earned: ({mask: numerator}, denominator).
 
-
-def _item_weights(
-    basket: _Basket, groups: dict[int, list[int]], needed: int
-) -> tuple[dict[int, int], int, int]:
-    """Return how the base points are shared among the items: the numerators of the items in
-    `needed` over one common denominator ({position: numerator}, denominator), and the whole
-    of the points shared (the numerators of all items add up to it × denominator).
-
-    per_amount points go to the items that earned them pro rata to their amounts, per_item
-    points to their units; points of items whose amounts (units) add up to nothing are not
-    shared. Groups of items outside `needed` only count in the whole.
+    A group's per_amount points go to its items pro rata to their amounts, its per_item
+    points to their units; the points of a group whose amounts (units) add up to nothing are
+    not shared. Only the items of the masks are weighed, or, for a mask holding most items,
+    those outside it: its share is then the whole less theirs.
     """
     known = basket.known_sums
-    parts = []
+    shared = []
     wholes = []
-    shared = 0
+    whole = 0
     for earned, (amount_points, unit_points) in groups.items():
         whole_amount, whole_units = known.get(earned) or basket.sums(earned)
         if whole_amount <= 0:
             amount_points = 0
+        elif amount_points:
+            wholes.append(whole_amount)
         if whole_units <= 0:
             unit_points = 0
-        shared += amount_points + unit_points
-        if not earned & needed:
-            continue
-        if amount_points:
-            wholes.append(whole_amount)
-        if unit_points:
+        elif unit_points:
             wholes.append(whole_units)
         if amount_points or unit_points:
-            parts.append((earned & needed, amount_points, whole_amount, unit_points, whole_units))
+            shared.append((earned, amount_points, whole_amount, unit_points, whole_units))
+            whole += amount_points + unit_points
+    # One denominator: each group's points per minor unit and per unit are then integers.
     denominator = lcm(*wholes)
-    per_amount = [0] * len(basket.items)
-    per_unit = per_amount.copy()
-    for earned, amount_points, whole_amount, unit_points, whole_units in parts:
-        if amount_points:
-            rate = amount_points * denominator // whole_amount
-            for position in _positions(earned):
-                per_amount[position] += rate
-        if unit_points:
-            rate = unit_points * denominator // whole_units
-            for position in _positions(earned):
-                per_unit[position] += rate
+    rates = []
+    for earned, amount_points, whole_amount, unit_points, whole_units in shared:
+        rates.append((earned, amount_points * denominator // whole_amount if amount_points else 0,
+                      unit_points * denominator // whole_units if unit_points else 0))
+    most = len(basket.items)
+    everything = basket.all
+    needed = 0
+    for mask in masks:
+        needed |= everything & ~mask if mask.bit_count() * 2 > most else mask
     amounts, units = basket.amounts, basket.units
-    weights = {
-        position: per_amount[position] * amounts[position] + per_unit[position] * units[position]
-        for position in _positions(needed)
-    }
-    return weights, denominator, shared
+    weights = {}
+    for position in _positions(needed):
+        bit = 1 << position
+        amount_rate = unit_rate = 0
+        for earned, group_amount_rate, group_unit_rate in rates:
+            if earned & bit:
+                amount_rate += group_amount_rate
+                unit_rate += group_unit_rate
+        weights[position] = amount_rate * amounts[position] + unit_rate * units[position]
+    numerators = {}
+    for mask in masks:
+        if mask.bit_count() * 2 > most:
+            share = whole * denominator
+            for position in _positions(everything & ~mask):
+                share -= weights[position]
+        else:
+            share = 0
+            for position in _positions(mask):
+                share += weights[position]
+        numerators[mask] = share
+    return numerators, denominator
 
 
 def _burn_rule(rule_set: RuleSet, facts: Mapping, at: datetime) -> _Plan | None:

@@ -944,7 +944,8 @@ class Compiler:
             if isinstance(values, list) and all(v.__class__ is str for v in values):
                 members = self.constant_name(frozenset(values))
                 first, value = self.bind(needle)
-                return Node(f"({first}.__class__ is str and {value} in {members})", boolean=True)
+                is_text = self.kind_test(first, "is str")
+                return Node(f"({is_text} and {value} in {members})", boolean=True)
         return self._call("_contains", [needle, haystack], boolean=True)
 
     # -- arithmetic and strings --------------------------------------------------------------
@@ -1128,9 +1129,17 @@ def _item_field(expr: Any) -> str | None:
     return None
 
 
-def _function_source(compiler: Compiler, body: list[str]) -> str:
-    params = ", ".join(f"_k{i}" for i in range(len(compiler.constants)))
-    lines = [f"def _factory({params}):", "    def _fn(data):"]
+def _function_source(compiler: Compiler, body: list[str], *, local_constants: bool = False
+                     ) -> str:
+    """Return the source of a factory binding the constants and returning the function.
+
+    With `local_constants`, the function takes them as default arguments: a call then reads
+    each as a local rather than through a closure cell (for a selector: many, read once).
+    """
+    names = [f"_k{i}" for i in range(len(compiler.constants))]
+    params = ", ".join(names)
+    arguments = "".join(f", {name}={name}" for name in names) if local_constants else ""
+    lines = [f"def _factory({params}):", f"    def _fn(data{arguments}):"]
     lines += [f"        {line}" for line in compiler.prelude + body]
     lines += ["    return _fn", ""]
     return "\n".join(lines)
@@ -1205,7 +1214,7 @@ def compile_selector(
     body = lines + ["return (" + "".join(f"{value}, " for value in values) + ")"]
     try:
         # One per rule set: its shape is the rule set's, not worth keeping.
-        source = _function_source(compiler, body)
+        source = _function_source(compiler, body, local_constants=True)
         return build_function(source, compiler.constants, cache=False), failed
     except _TOO_DEEP:
         everything = tuple(True for _ in predicates)
