@@ -248,9 +248,9 @@ def read_together(connection: Connection, *reads: Read) -> list:
     the thread waits through: on a busy node ~0.2-0.3 ms of waiting for the other side to be
     scheduled, for a read of ~0.05 ms of client CPU (bench/README.md). psycopg ends a
     pipeline with a Sync it waits for, and its pipeline machinery costs ~20-45 µs of CPU:
-    it pays from three reads on (two round trips instead of three), so fewer run one by
-    one, as they do elsewhere than on psycopg. An error is raised as `DriverQuery.rows` raises it; the reads after
-    it are not run.
+    it pays from three reads on (two round trips instead of three). Fewer run one by one,
+    as all do elsewhere than on psycopg. An error is raised as `DriverQuery.rows` raises it;
+    the reads after it are not run.
     """
     asked = [index for index, read in enumerate(reads) if read.query is not None]
     rows: list[list] = [[] for _ in reads]
@@ -269,7 +269,7 @@ def _run_pipelined(connection: Connection, statements: Sequence[_Statement]) -> 
     """Run the statements in one pipeline; return each one's rows and description (see _run)."""
     if not connection.in_transaction():
         connection.begin()
-    cursors = _cursors(connection, len(statements))
+    cursors = _cursors(connection, len(statements))[:len(statements)]
     listeners = connection.dispatch.before_cursor_execute
     statement, cursor = statements[0], cursors[0]
     try:
@@ -333,8 +333,8 @@ def _cursor(connection: Connection):
 
 
 def _cursors(connection: Connection, count: int) -> list:
-    """`count` cursors of the driver connection, kept with it as `_cursor`'s is (statements
-    run in one pipeline each need their own, to hold their results)."""
+    """At least `count` cursors of the driver connection, kept with it as `_cursor`'s is
+    (statements run in one pipeline each need their own, to hold their results)."""
     fairy = connection.connection
     cursors = fairy.info.get(_CURSORS)
     # A reconnected pool record has a new driver connection: its old cursors go with the old one.
@@ -342,4 +342,4 @@ def _cursors(connection: Connection, count: int) -> list:
         cursors = fairy.info[_CURSORS] = []
     while len(cursors) < count:
         cursors.append(fairy.driver_connection.cursor())
-    return cursors[:count]
+    return cursors

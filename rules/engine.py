@@ -353,6 +353,21 @@ def _int(value: Any) -> int:
     return value if value.__class__ is int else 0
 
 
+def _add_to_column(index: dict[str, list[int]], others: list[tuple[int, Any]], value: Any, bit: int,
+                   amount: int, units: int) -> None:
+    """Add one item (its `bit`, amount and units) to a field's column (see _Basket._column)."""
+    if value.__class__ is str:
+        entry = index.get(value)
+        if entry is None:
+            index[value] = [bit, amount, units]
+        else:
+            entry[0] |= bit
+            entry[1] += amount
+            entry[2] += units
+    elif value is not None:
+        others.append((bit.bit_length() - 1, value))
+
+
 class _Basket:
     """The purchase's items as effects see them; each item filter runs once per item."""
 
@@ -378,8 +393,7 @@ class _Basket:
         self._field_values: dict[str, list[Any]] = {}
         self._columns: dict[str, tuple[dict[str, list[int]], list[tuple[int, Any]]]] = {}
         if indexed is not None:
-            # As _column builds it: [mask, amount, units] of each string value, and the
-            # (position, value) of the other values.
+            # As _column builds it (_add_to_column), in the pass that reads the items.
             index: dict[str, list[int]] = {}
             others: list[tuple[int, Any]] = []
             self._columns[indexed] = (index, others)
@@ -394,17 +408,7 @@ class _Basket:
                     amount = quantity * _int(item.get("unit_price"))
                     amounts_given = False
                 if indexed is not None:
-                    value = item.get(indexed)
-                    if value.__class__ is str:
-                        entry = index.get(value)
-                        if entry is None:
-                            index[value] = [bit, amount, quantity]
-                        else:
-                            entry[0] |= bit
-                            entry[1] += amount
-                            entry[2] += quantity
-                    elif value is not None:
-                        others.append((bit.bit_length() - 1, value))
+                    _add_to_column(index, others, item.get(indexed), bit, amount, quantity)
             else:
                 quantity = amount = 0
                 amounts_given = False
@@ -482,16 +486,7 @@ class _Basket:
             bits = _BITS[:count] if count <= len(_BITS) else [1 << p for p in range(count)]
             for value, bit, amount, units in zip(values, bits, self.amounts, self.units,
                                                  strict=True):
-                if value.__class__ is str:
-                    entry = index.get(value)
-                    if entry is None:
-                        index[value] = [bit, amount, units]
-                    else:
-                        entry[0] |= bit
-                        entry[1] += amount
-                        entry[2] += units
-                elif value is not None:
-                    others.append((bit.bit_length() - 1, value))
+                _add_to_column(index, others, value, bit, amount, units)
             found = self._columns[field] = (index, others)
         return found
 

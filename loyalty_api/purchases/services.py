@@ -200,14 +200,14 @@ class Earnings:
         self._by_external_id.update({state.external_id: state.id for state in states.values()})
         if self.ladder is None:
             self.ladder = TierLadder.current(self.session, self.program)
-        climbing = [s.id for s in states.values()
-                    if self.ladder and self.ladder.has_above(self.ladder.by_code.get(s.tier_code))]
+        ladder = self.ladder
+        climbing = ([s.id for s in states.values() if ladder.has_above(ladder.by_code.get(s.tier_code))]
+                    if ladder else [])
         occasions = [(member.id, *occasion(body)) for body in bodies if (member := self.find(body)) is not None]
         # Read after the lock, so that they see what the purchases that held it wrote.
         groups, figures, _ = read_together(
             self.session.connection(), expiry_groups_read(list(states), self.program),
-            figures_read(self.program, self.now, climbing) if climbing else Read.known({}),
-            self._usage_read(occasions))
+            figures_read(self.program, self.now, climbing), self._usage_read(occasions))
         for member_id, member_groups in groups.items():
             self.members[member_id].expiry_groups = member_groups
         self._figures.update({member_id: figures.get(member_id, 0) for member_id in climbing})

@@ -136,7 +136,10 @@ _FIGURE_STATEMENTS = {
 def figures_read(program: ProgramSettings, now: datetime, member_ids: Iterable[str]) -> Read:
     """The qualifying figures of `member_ids` (see `qualifying_figures`) as a read to send
     with others (`read_together`)."""
-    params = {"member_ids": list(member_ids), "start": window_start(program, now), "now": now}
+    member_ids = list(member_ids)
+    if not member_ids:
+        return Read.known({})
+    params = {"member_ids": member_ids, "start": window_start(program, now), "now": now}
     return Read(_FIGURE_STATEMENTS[program.tier_metric], params, _figures_of)
 
 
