@@ -51,9 +51,10 @@ def purchase(n: int, member_id: str) -> dict:
             "items": items}
 
 
-def main() -> None:
-    url = os.environ.get("LOYALTY_BENCH_CPU_DATABASE_URL") or DEFAULT_URL
-    count = int(os.environ.get("BENCH_PURCHASES", 1000))
+def set_up_in_process(url: str, members: int, prefix: str, program: dict | None = None):
+    """Recreate the database at `url` with bench.ingest's program (20 active rules, fixed
+    expiry, and `program`'s settings) and `members` members, through the Flask test client;
+    return (app, client, headers, member ids)."""
     recreate(url)
     app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": "bench-" * 8})
     with app.app_context():
@@ -61,11 +62,19 @@ def main() -> None:
         key = run_write(lambda session: create_api_key(session, "admin", utcnow()))
     client = app.test_client()
     headers = {"Authorization": f"Bearer {key}"}
-    client.patch("/v1/program", json={"currency": "EUR", "expiry": {"mode": "fixed", "months": 24}}, headers=headers)
+    settings = {"currency": "EUR", "expiry": {"mode": "fixed", "months": 24}, **(program or {})}
+    assert client.patch("/v1/program", json=settings, headers=headers).status_code == 200
     for rule in bench_rules():
         assert client.post("/v1/rules", json=rule, headers=headers).status_code == 201
-    members = [client.post("/v1/members", json={"external_id": f"cpu-{n}"}, headers=headers).json["id"]
-               for n in range(MEMBERS)]
+    member_ids = [client.post("/v1/members", json={"external_id": f"{prefix}-{n}"}, headers=headers).json["id"]
+                  for n in range(members)]
+    return app, client, headers, member_ids
+
+
+def main() -> None:
+    url = os.environ.get("LOYALTY_BENCH_CPU_DATABASE_URL") or DEFAULT_URL
+    count = int(os.environ.get("BENCH_PURCHASES", 1000))
+    app, client, headers, members = set_up_in_process(url, MEMBERS, "cpu")
     PurchasePosts.install(app)  # the key is remembered now: Flask verified it above
     for n in range(WARMUP):
         assert client.post("/v1/purchases", json=purchase(10**6 + n, members[n % MEMBERS]),

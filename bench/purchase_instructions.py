@@ -30,26 +30,9 @@ WARMUP_GROUPS = 30
 
 
 def set_up(url: str) -> None:
-    from flask_migrate import upgrade
+    from bench.purchase_cpu import MEMBERS, set_up_in_process
 
-    from bench.ingest import bench_rules
-    from bench.purchase_cpu import MEMBERS, recreate
-    from loyalty_api import create_app
-    from loyalty_api.auth.services import create_api_key
-    from loyalty_api.timeutil import utcnow
-    from loyalty_api.transactions import run_write
-
-    recreate(url)
-    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": "bench-" * 8})
-    with app.app_context():
-        upgrade()
-        key = run_write(lambda session: create_api_key(session, "admin", utcnow()))
-    client, headers = app.test_client(), {"Authorization": f"Bearer {key}"}
-    client.patch("/v1/program", json={"currency": "EUR", "expiry": {"mode": "fixed", "months": 24}}, headers=headers)
-    for rule in bench_rules():
-        assert client.post("/v1/rules", json=rule, headers=headers).status_code == 201
-    for n in range(MEMBERS):
-        assert client.post("/v1/members", json={"external_id": f"ins-{n}"}, headers=headers).status_code == 201
+    set_up_in_process(url, MEMBERS, "ins")
 
 
 def count(url: str, group: int, purchases: int, first: int) -> None:

@@ -1,8 +1,8 @@
 """Run every benchmark of the project and print one JSON document of all their figures.
 
 `bench/run` (or `python -m bench.run`) runs, one after the other: bench.rules,
-bench.purchase_cpu, bench.purchase_instructions, bench.ingest, bench.api_paths, bench.redeem and
-bench.jobs, each in its own process,
+bench.purchase_cpu, bench.purchase_instructions, bench.ingest, bench.api_paths, bench.batch_write,
+bench.redeem and bench.jobs, each in its own process,
 and prints {"machine": …, "figures": [{"name", "value", "unit", "target", "met",
 "benchmark"}, …]}. BENCH_ONLY=rules,ingest runs a subset. A benchmark that fails is
 reported as a figure with met=false, and the others still run.
@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ["rules", "purchase_cpu", "purchase_instructions", "ingest", "api_paths", "redeem", "jobs"]
+BENCHMARKS = ["rules", "purchase_cpu", "purchase_instructions", "ingest", "api_paths", "batch_write", "redeem",
+              "jobs"]
 
 
 def machine() -> dict:
