@@ -28,7 +28,9 @@ Knobs (environment): LOYALTY_BENCH_JOBS_DATABASE_URL, BENCH_MEMBERS (250,000),
 BENCH_LOTS_PER_MEMBER (4), BENCH_LOAD (1), BENCH_IDLE_SECONDS (20), BENCH_CALIBRATE_SECONDS (8),
 BENCH_SEARCH_SECONDS (8, each fixed rate tried), BENCH_CONNECTIONS (8, of the wrk run),
 BENCH_WORKERS (2), BENCH_THREADS (4), BENCH_LOAD_CHUNK_SIZE (the job's default, 5,000 members:
-`--chunk-size` of the run under load, which the pace, LOYALTY_JOBS_PACE_*, caps while the load runs).
+`--chunk-size` of the run under load, which the pace, LOYALTY_JOBS_PACE_*, caps while the load runs),
+BENCH_LOAD_RATE (unset: half the sustainable rate found as above; a number of purchases/s skips
+the search and loads at that rate, so that two versions of the code compare under one load).
 """
 
 from __future__ import annotations
@@ -477,6 +479,7 @@ def expire_under_load(url: str, env: dict, members: int, lots: int, tmp: Path) -
     workers = env_int("BENCH_WORKERS", 2)
     threads = env_int("BENCH_THREADS", 4)
     chunk = env_int("BENCH_LOAD_CHUNK_SIZE", CHUNK_SIZE)
+    fixed_rate = float(os.environ.get("BENCH_LOAD_RATE") or 0)
     # The job gives way to the load as configured (LOYALTY_JOBS_PACE_*, read by the job process).
     pace = Pace.from_config(load_config())
     paced_chunk = min(chunk, pace.chunk_size) if pace else chunk
@@ -514,18 +517,24 @@ def expire_under_load(url: str, env: dict, members: int, lots: int, tmp: Path) -
         picked = [member_id(g) for g in random.sample(range(1, members + 1), min(members, 5000))]
         script = write_wrk_script(tmp, picked, admin_key)
         run_wrk(wrk, script, port, connections=connections, duration=3, prefix="bw")
-        closed = run_wrk(wrk, script, port, connections=connections, duration=calibrate_seconds, prefix="bc")
-        log(f"closed loop (wrk, {connections} connections, {calibrate_seconds} s): {closed['per_s']:.0f} "
-            f"purchases/s, p99 {closed['p99_us'] / 1000:.0f} ms")
-        if closed["per_s"] <= 0:
-            raise RuntimeError("the closed-loop run completed no purchase")
-        # A closed loop's burst overstates what the server sustains (its clients wait instead of
-        # queueing); the load's rate comes from fixed rates offered open loop, from a third of it.
-        log(f"finding the sustainable rate: fixed rates for {search_seconds} s each, p99 < {SUSTAINED_P99_MS} ms "
-            f"and >= {SUSTAINED_SHARE:.0%} answered in time")
-        sustainable, trials = sustainable_rate(port, admin_key, members, closed["per_s"] / 3, search_seconds)
-        rate = round(sustainable / 2, 1)
-        log(f"sustainable: {sustainable}/s; the load runs at {rate}/s")
+        if fixed_rate > 0:
+            # The search settles on rates that differ by a third from run to run, and the
+            # ratio moves with the rate: a rate given by hand compares two codes under one load.
+            closed, sustainable, trials, rate = None, None, [], fixed_rate
+            log(f"the load runs at {rate}/s (BENCH_LOAD_RATE)")
+        else:
+            closed = run_wrk(wrk, script, port, connections=connections, duration=calibrate_seconds, prefix="bc")
+            log(f"closed loop (wrk, {connections} connections, {calibrate_seconds} s): {closed['per_s']:.0f} "
+                f"purchases/s, p99 {closed['p99_us'] / 1000:.0f} ms")
+            if closed["per_s"] <= 0:
+                raise RuntimeError("the closed-loop run completed no purchase")
+            # A closed loop's burst overstates what the server sustains (its clients wait instead of
+            # queueing); the load's rate comes from fixed rates offered open loop, from a third of it.
+            log(f"finding the sustainable rate: fixed rates for {search_seconds} s each, "
+                f"p99 < {SUSTAINED_P99_MS} ms and >= {SUSTAINED_SHARE:.0%} answered in time")
+            sustainable, trials = sustainable_rate(port, admin_key, members, closed["per_s"] / 3, search_seconds)
+            rate = round(sustainable / 2, 1)
+            log(f"sustainable: {sustainable}/s; the load runs at {rate}/s")
 
         # Idle: the load alone; the first 2 s (connections opening) are not counted.
         log(f"idle window: {rate}/s for {idle_seconds} s")
@@ -618,8 +627,10 @@ def expire_under_load(url: str, env: dict, members: int, lots: int, tmp: Path) -
                 (hit, hit)).fetchone()[0],
         }
     log(f"after the run: {checks}")
-    return {"rate": rate, "sustainable": sustainable, "trials": trials, "closed_loop": closed["per_s"],
-            "closed_loop_p99_ms": closed["p99_us"] / 1000, "active_rules": active, "chunk_size": chunk,
+    return {"rate": rate, "sustainable": sustainable, "trials": trials,
+            "closed_loop": round(closed["per_s"], 1) if closed else None,
+            "closed_loop_p99_ms": round(closed["p99_us"] / 1000, 1) if closed else None,
+            "active_rules": active, "chunk_size": chunk,
             "pace": {"chunk_size": pace.chunk_size, "rest": pace.rest} if pace else None,
             "idle": idle, "during": during, "run": run, "seconds": job_end - job_start, "checks": checks}
 
@@ -668,11 +679,15 @@ def main() -> None:
         expired = loaded["run"]["counts"].get("lots", 0)
         mismatches = loaded["reconcile"]["run"]["counts"].get("mismatches", 0)
         answered = checks["purchases_answered_2xx"]
+        searched = loaded["sustainable"] is not None
         extra = [
             figure("purchase_closed_loop_per_s", loaded["closed_loop"], "purchases/s"),
             figure("purchase_sustainable_per_s", loaded["sustainable"], "purchases/s",
                    f"open loop, p99 < {SUSTAINED_P99_MS} ms"),
-            figure("purchase_rate_per_s", loaded["rate"], "purchases/s", "half the sustainable rate"),
+        ] if searched else []
+        extra += [
+            figure("purchase_rate_per_s", loaded["rate"], "purchases/s",
+                   "half the sustainable rate" if searched else "BENCH_LOAD_RATE"),
             figure("purchase_p99_idle_ms", idle["p99_ms"], "ms"),
             figure("purchase_p99_during_expiry_ms", during["p99_ms"], "ms"),
             figure("purchase_p99_ratio", ratio, "x", 2, ratio <= 2),
@@ -688,8 +703,8 @@ def main() -> None:
         ]
         under_load = {
             "rate_per_s": loaded["rate"], "sustainable_per_s": loaded["sustainable"],
-            "sustainable_trials": loaded["trials"], "closed_loop_per_s": round(loaded["closed_loop"], 1),
-            "closed_loop_p99_ms": round(loaded["closed_loop_p99_ms"], 1), "active_rules": loaded["active_rules"],
+            "sustainable_trials": loaded["trials"], "closed_loop_per_s": loaded["closed_loop"],
+            "closed_loop_p99_ms": loaded["closed_loop_p99_ms"], "active_rules": loaded["active_rules"],
             "job_chunk_size": loaded["chunk_size"], "job_pace": loaded["pace"],
             "idle": idle, "during_expiry": during, "run_counts": loaded["run"]["counts"], "checks": checks,
             "reconcile_counts": loaded["reconcile"]["run"]["counts"],
