@@ -86,9 +86,14 @@ def capture_write(app, body: dict, rounds: int) -> tuple[str, tuple, float]:
     return statement, parameters, statistics.median(spent)
 
 
+def entries_parameter(statement: str) -> int:
+    """The position of the ledger entries' JSON rows among the write statement's parameters."""
+    return statement[:statement.index("INSERT INTO ledger_entries")].count("%s")
+
+
 def one_entry_per_credit(statement: str, parameters: tuple) -> tuple:
     """The same rows with each credit's ledger entries merged into one."""
-    position = statement[:statement.index("INSERT INTO ledger_entries")].count("%s")
+    position = entries_parameter(statement)
     merged: dict[str, dict] = {}
     for entry in json.loads(parameters[position]):
         if entry["lot_id"] in merged:
@@ -140,7 +145,7 @@ def main() -> None:
         conn.execute("VACUUM ANALYZE")
     statement, parameters, batch_seconds = capture_write(app, batch_body(warmup, members, BATCH), rounds)
     seconds = measure(url, statement, parameters, rounds)
-    entries = len(json.loads(parameters[statement[:statement.index("INSERT INTO ledger_entries")].count("%s")]))
+    entries = len(json.loads(parameters[entries_parameter(statement)]))
     per_purchase = {name: statistics.median(values) / BATCH * 1000 for name, values in seconds.items()}
     log(", ".join(f"{name} {value:.3f} ms" for name, value in per_purchase.items()) + " of PostgreSQL CPU a purchase")
     figures = [{"name": "ledger_entries_per_purchase", "value": round(entries / BATCH, 2), "unit": "entries",
