@@ -14,7 +14,9 @@ from math import lcm
 from typing import Any
 
 from .effects import (
+    cap_points,
     max_redeemable,
+    multiplier_extra,
     order_share_cap,
     redemption_value,
 )
@@ -73,8 +75,7 @@ class _Plan:
         "condition", "item_filter", "filter_key", "code", "points", "per", "rounding", "factor",
         "per_event", "limit_count", "limit_points", "limited", "_outcomes",
         "version", "name", "column", "amount_mul", "amount_add", "amount_div", "cut",
-        "gated", "mask_of", "outcome_fields", "award_fields", "extra_numerator",
-        "extra_denominator",
+        "gated", "mask_of", "outcome_fields", "award_fields",
     )
 
     def __init__(self, rule: Rule) -> None:
@@ -101,9 +102,6 @@ class _Plan:
         effect = rule.effect
         self.points = getattr(effect, "points", 0)
         self.per = self.rounding = self.factor = None
-        # A multiplier adds floor(base × extra_numerator ÷ extra_denominator): factor − 1,
-        # taken apart once rather than through Fraction's properties per evaluation.
-        self.extra_numerator, self.extra_denominator = 0, 1
         if isinstance(effect, Fixed):
             self.code = _FIXED
         elif isinstance(effect, PerAmount):
@@ -114,8 +112,6 @@ class _Plan:
         elif isinstance(effect, Multiplier):
             self.code = _MULTIPLIER
             self.factor = effect.factor
-            self.extra_numerator = effect.factor.numerator - effect.factor.denominator
-            self.extra_denominator = effect.factor.denominator
         else:
             self.code = _CONVERSION
         # per_amount as one integer expression: (basis × mul + add) // div rounds as asked
@@ -739,13 +735,11 @@ _set_record = LazyEvaluation.__dict__["_record"].__set__
 _EMPTY_TRIGGER: Any = None
 
 
-def _tier_extra(value: Fraction | Decimal | int) -> tuple[int, int]:
-    """Return the tier multiplier less one as (numerator, denominator)."""
-    factor = _tier_factor(value)
-    return factor.numerator - factor.denominator, factor.denominator
-
-
-_cached_tier_extra = lru_cache(maxsize=256, typed=True)(_tier_extra)
+def _tier_fraction(value: Fraction | Decimal | int) -> Fraction:
+    try:
+        return _cached_tier_factor(value)
+    except TypeError:  # unhashable, so not a number: _tier_factor says so
+        return _tier_factor(value)
 
 
 def _tier_factor(value: Fraction | Decimal | int) -> Fraction:
@@ -753,6 +747,9 @@ def _tier_factor(value: Fraction | Decimal | int) -> Fraction:
         return exact_number(value)
     except ValueError as exc:
         raise ValueError(f"tier multiplier {exc}") from None
+
+
+_cached_tier_factor = lru_cache(maxsize=256, typed=True)(_tier_factor)
 
 
 def evaluate(
@@ -876,25 +873,13 @@ def evaluate(
                         mask for _, _, mask, _ in deferred if mask is not None])
                 numerators, denominator = shares
                 share = numerators[mask]
-            # multiplier_extra and cap_points, inline.
-            points = share * plan.extra_numerator // (denominator * plan.extra_denominator)
-            if plan.per_event is not None and points > plan.per_event:
-                points = plan.per_event
-            if remaining is not None and points > remaining:
-                points = remaining
-            if points < 0:
-                points = 0
+            points = cap_points(multiplier_extra(share, denominator, plan.factor), plan.per_event, remaining)
             entries[index] = points
             total += points
     tier = None
     if tier_multiplier is not None:
         name, factor = tier_multiplier
-        # multiplier_extra(base, 1, factor), with factor − 1 taken apart once per factor.
-        try:
-            extra_numerator, extra_denominator = _cached_tier_extra(factor)
-        except TypeError:  # unhashable, so not a number: _tier_factor says so
-            extra_numerator, extra_denominator = _tier_extra(factor)
-        extra = base * extra_numerator // extra_denominator
+        extra = multiplier_extra(base, 1, _tier_fraction(factor))
         if extra > 0:
             tier = (name, extra)
             total += extra
