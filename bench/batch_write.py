@@ -31,11 +31,10 @@ import statistics
 import sys
 import time
 
-import psycopg
 from sqlalchemy import event, text
 
 from bench.api_paths import batch_body
-from bench.ingest import TIER_SHARE, connect, cpu_seconds, libpq_params
+from bench.ingest import TIER_SHARE, connect, cpu_seconds
 from bench.purchase_cpu import set_up_in_process
 from loyalty_api.extensions import db
 from loyalty_api.purchases.schemas import PurchaseCreateSchema
@@ -109,20 +108,19 @@ def measure(url: str, statement: str, parameters: tuple, rounds: int) -> dict[st
                 "one_entry": (one_entry_per_credit(statement, parameters), False)}
     variants["one_entry_no_keys"] = (variants["one_entry"][0], True)
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    params = {k: v for k, v in libpq_params(url).items() if v is not None}
-    with psycopg.connect(**params) as conn:
+    with connect(url) as conn:
         backend = [conn.info.backend_pid]
         for round_ in range(rounds + 1):
             for name in VARIANTS:
                 rows, without_keys = variants[name]
-                if without_keys:
-                    for table, keys in KEYS.items():
-                        for key in keys:
-                            conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {key}")
-                before = cpu_seconds(backend)
-                conn.execute(statement, rows, prepare=False)
-                spent = cpu_seconds(backend) - before
-                conn.rollback()
+                with conn.transaction(force_rollback=True):
+                    if without_keys:
+                        for table, keys in KEYS.items():
+                            for key in keys:
+                                conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {key}")
+                    before = cpu_seconds(backend)
+                    conn.execute(statement, rows, prepare=False)
+                    spent = cpu_seconds(backend) - before
                 if round_:  # the first round warms the caches
                     seconds[name].append(spent)
     return seconds
